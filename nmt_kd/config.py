@@ -1,0 +1,387 @@
+"""Typed, frozen configuration for every stage, loaded from YAML.
+
+Precedence, lowest first: the dataclass defaults < the YAML file < `--set section.key=value`
+overrides on the command line. An unknown or misspelt key is an error that names the key,
+its section and the file, so a typo can never silently fall back to a default.
+
+    cfg = load_config("configs/multi30k_en_de.yaml", overrides=["train.max_steps=100"])
+    cfg.train.max_steps  # 100
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nmt_kd.errors import ConfigError
+from nmt_kd.fileio import atomic_open
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the parallel corpus comes from and how it is cleaned and split."""
+
+    # files: train_src/train_tgt (+ optional valid_*/test_*); tsv | jsonl: `path`;
+    # hf: a Hugging Face `datasets` dataset; libreoffice_help: the built-in Debian recipe.
+    source: str = "files"
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    train_src: str | None = None
+    train_tgt: str | None = None
+    valid_src: str | None = None
+    valid_tgt: str | None = None
+    test_src: str | None = None
+    test_tgt: str | None = None
+    path: str | None = None
+    src_field: str = "src"  # JSONL key / HF column (dotted paths like translation.en work)
+    tgt_field: str = "tgt"
+    src_column: int = 0  # TSV columns
+    tgt_column: int = 1
+    hf_name: str | None = None
+    hf_config: str | None = None
+    hf_data_files: str | None = None  # for local files through `datasets` (hf_name: json|csv)
+    hf_split: str = "train"
+    hf_valid_split: str | None = None
+    hf_test_split: str | None = None
+    cache_dir: str = "~/.cache/nmt_kd"
+    recipe_root: str | None = None  # libreoffice_help: an unpacked package tree instead of apt
+    test_set_name: str | None = None  # e.g. "multi30k/test_2016_flickr", used in reports
+    valid_size: int = 1000  # used only when no valid split is given
+    test_size: int = 1000
+    split_seed: int = 1234
+    max_train_pairs: int = 0  # 0: keep all; else a seeded sample of the cleaned train split
+    min_words: int = 1
+    max_words: int = 200
+    max_chars: int = 2000
+    max_length_ratio: float = 3.0
+    dedupe: bool = True
+    remove_eval_overlap: bool = True  # drop training pairs whose source is in valid/test
+    on_bad_line: str = "error"  # error | skip (counted and reported)
+
+    def __post_init__(self) -> None:
+        _one_of("data.source", self.source, ("files", "tsv", "jsonl", "hf", "libreoffice_help"))
+        _one_of("data.on_bad_line", self.on_bad_line, ("error", "skip"))
+        if self.max_length_ratio < 1.0:
+            raise ConfigError(f"data.max_length_ratio must be >= 1, got {self.max_length_ratio}")
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """The one joint SentencePiece model shared by source, target, teacher and students."""
+
+    size: int = 8000
+    model_type: str = "unigram"  # unigram | bpe
+    character_coverage: float = 1.0
+    input_sentence_size: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        _one_of("vocab.model_type", self.model_type, ("unigram", "bpe"))
+        if self.size < 8:
+            raise ConfigError(f"vocab.size must be at least 8, got {self.size}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    d_model: int = 256
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    heads: int = 4
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation: str = "relu"
+    pre_norm: bool = True
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    cell: str = "gru"  # gru | lstm
+    attention: str = "luong"  # luong | bahdanau
+    embed_dim: int = 256
+    hidden: int = 256
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _one_of("model.student_rnn.cell", self.cell, ("gru", "lstm"))
+        _one_of("model.student_rnn.attention", self.attention, ("luong", "bahdanau"))
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    embed_dim: int = 256
+    hidden: int = 256
+    encoder_layers: int = 4
+    decoder_layers: int = 3
+    kernel_size: int = 3
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    max_positions: int = 256
+    teacher: TransformerConfig = field(default_factory=TransformerConfig)
+    student_rnn: RNNConfig = field(default_factory=RNNConfig)
+    student_cnn: CNNConfig = field(default_factory=CNNConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_tokens: int = 4096  # token budget per batch (padded tokens, max of both sides)
+    max_len: int = 128  # longer training pairs (in subword tokens) are dropped and counted
+    max_steps: int = 0  # 0: no step limit
+    max_epochs: int = 0  # 0: no epoch limit
+    max_minutes: float = 0.0  # 0: no time limit
+    learning_rate: float = 1e-3  # peak, reached at the end of warm-up
+    warmup_steps: int = 1000
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-9
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    xla: bool = False
+    seed: int = 1
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_every: int = 500
+    eval_sentences: int = 0  # 0: the whole valid set for validation BLEU
+    early_stop_metric: str = "bleu"  # bleu | loss
+    patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
+    average_last: int = 0  # average the last K checkpoints into the final model; 0: off
+    on_nan: str = "stop"  # stop | skip
+
+    def __post_init__(self) -> None:
+        _one_of("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _one_of("train.early_stop_metric", self.early_stop_metric, ("bleu", "loss"))
+        _one_of("train.on_nan", self.on_nan, ("stop", "skip"))
+        if self.max_tokens < self.max_len:
+            raise ConfigError(
+                f"train.max_tokens ({self.max_tokens}) must be at least train.max_len ({self.max_len})"
+            )
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam: int = 5
+    length_penalty: float = 0.6  # GNMT alpha
+    max_len_a: float = 1.5  # max output length = a * source length + b, capped
+    max_len_b: int = 10
+    max_len_cap: int = 256
+    batch_size: int = 64
+    max_src_len: int = 250  # longer inputs are truncated (counted) or refused
+    on_long_line: str = "truncate"  # truncate | error
+
+    def __post_init__(self) -> None:
+        _one_of("decode.on_long_line", self.on_long_line, ("truncate", "error"))
+        if self.beam < 1:
+            raise ConfigError(f"decode.beam must be >= 1, got {self.beam}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    alpha: float = 0.5  # weight of the KD term in word-level KD
+    temperature: float = 1.0
+    top_k: int = 0  # 0: full teacher distribution; k > 0: stored top-k (offline)
+    teacher_mode: str = "online"  # online | offline
+    beam: int = 5
+    nbest: int = 1
+    seq_inter: bool = False
+    seq_inter_metric: str = "bleu"  # bleu | chrf
+    keep_original: bool = False
+    drop_worst: float = 0.0  # fraction of lowest-scoring teacher translations to drop
+    shard_size: int = 2000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.drop_worst < 1.0:
+            raise ConfigError(f"distill.drop_worst must be in [0, 1), got {self.drop_worst}")
+        _one_of("distill.teacher_mode", self.teacher_mode, ("online", "offline"))
+        _one_of("distill.seq_inter_metric", self.seq_inter_metric, ("bleu", "chrf"))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    beams: tuple[int, ...] = (1, 5)
+    batch_sizes: tuple[int, ...] = (1, 64)
+    speed_sentences: int = 200  # sentences timed for speed at each batch size
+    bootstrap_resamples: int = 1000
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str = "rnn_seq"
+    arch: str = "student_rnn"  # student_rnn | student_cnn
+    kd: str = "seq"  # none | word | seq | seq+word
+
+    def __post_init__(self) -> None:
+        _one_of("pipeline.students[].arch", self.arch, ("student_rnn", "student_cnn"))
+        _one_of("pipeline.students[].kd", self.kd, ("none", "word", "seq", "seq+word"))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "experiment"
+    run_dir: str = "runs/experiment"
+    students: tuple[StudentSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert one YAML value against a type hint; `where` names it in errors."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__}")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {where}")  # a bug, not a user error
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            section = where or "top level"
+            raise ConfigError(
+                f"unknown key {key!r} in section {section!r}; known keys: {', '.join(names)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict, source: str = "<dict>") -> Config:
+    """Build a Config from nested plain values; errors name `source` (usually the file)."""
+    try:
+        return _build(Config, values or {}, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set expects section.key=value, got {override!r}")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError(f"--set expects section.key=value, got {override!r}")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (safe_load only), apply `--set` overrides, validate strictly."""
+    tree: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for ov in overrides or []:
+        _apply_override(tree, ov)
+    if overrides:
+        source += " (with --set " + ", ".join(overrides) + ")"
+    return config_from_dict(tree, source)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The fully resolved config as plain values (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the fully resolved config as YAML, atomically."""
+    with atomic_open(path) as f:
+        f.write("# fully resolved nmt-kd config (defaults + file + overrides)\n")
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, allow_unicode=True)
+
+
+def section_hash(section: Any) -> str:
+    """A stable hash of one config section (for stage caching)."""
+    blob = json.dumps(config_to_dict(section), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def expand_path(p: str | None) -> Path | None:
+    return None if p is None else Path(os.path.expanduser(p))

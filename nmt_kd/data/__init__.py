@@ -1,0 +1,1 @@
+"""Corpus readers, built-in recipes, cleaning and splits."""
