@@ -51,7 +51,7 @@ def encode_pairs(
         raise ValueError(f"{len(src_lines)} source lines but {len(tgt_lines)} target lines")
     src_ids, tgt_ids = tokenizer.encode(src_lines), tokenizer.encode(tgt_lines)
     out = EncodedPairs([], [])
-    for s, t in zip(src_ids, tgt_ids):
+    for s, t in zip(src_ids, tgt_ids, strict=True):
         if len(s) + 1 > max_len or len(t) + 1 > max_len:
             out.dropped_too_long += 1
             continue
