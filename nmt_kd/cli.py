@@ -76,6 +76,57 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from nmt_kd.train import train_model
+
+    cfg = _load(args)
+    if args.kd != "none":
+        raise UserError("knowledge distillation (--kd word|seq|seq+word) arrives with the students issue")
+    train_model(cfg, _run_dir(args, cfg), arch=args.model, name=args.name, kd=args.kd,
+                resume=args.resume)
+    return 0
+
+
+def _decode_config(args):
+    from nmt_kd.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    return cfg.decode
+
+
+def cmd_translate(args) -> int:
+    from nmt_kd.fileio import atomic_open
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.translate import Translator, read_input_lines
+
+    model, tokenizer, _ = load_model_dir(args.model)
+    translator = Translator(model, tokenizer, _decode_config(args))
+    lines = read_input_lines(args.input)
+    result = translator.translate(lines, beam=args.beam, batch_size=args.batch_size,
+                                  progress=args.input not in (None, "-"))
+    if result.truncated:
+        print(f"nmt-kd: warning: {result.truncated} input lines were longer than "
+              "decode.max_src_len and were truncated", file=sys.stderr)
+    if args.output:
+        with atomic_open(args.output) as f:
+            f.writelines(h + "\n" for h in result.hypotheses)
+    else:
+        sys.stdout.writelines(h + "\n" for h in result.hypotheses)
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from nmt_kd.evaluate import evaluate_model
+
+    out = args.out or str(Path(args.model) / f"metrics.beam{args.beam}.bs{args.batch_size}.json")
+    evaluate_model(args.model, args.src, args.ref, beam=args.beam, batch_size=args.batch_size,
+                   decode_cfg=_decode_config(args), test_set=args.test_set, out_json=out,
+                   speed_sentences=args.speed_sentences)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmt-kd",
@@ -90,6 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", help="target-language file, line-aligned with --src")
     p.add_argument("--run-dir", help="output directory (default: pipeline.run_dir)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train the teacher or a student on a prepared run directory")
+    _add_config_args(p, required=True)
+    p.add_argument("--model", default="teacher", choices=("teacher", "student_rnn", "student_cnn"))
+    p.add_argument("--kd", default="none", choices=("none", "word", "seq", "seq+word"))
+    p.add_argument("--name", help="output sub-directory (default: the model name)")
+    p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("translate", help="translate a file or stdin with a trained model")
+    _add_config_args(p)
+    p.add_argument("--model", required=True, help="model directory (e.g. runs/x/teacher)")
+    p.add_argument("--input", "-i", help="input file (default: stdin)")
+    p.add_argument("--output", "-o", help="output file (default: stdout)")
+    p.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy; default decode.beam)")
+    p.add_argument("--batch-size", type=int, default=None, help="sentences per batch")
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="sacreBLEU/chrF/TER and decoding speed on a test set")
+    _add_config_args(p)
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--src", required=True, help="source file")
+    p.add_argument("--ref", required=True, help="reference file")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--test-set", help="name for reports, e.g. multi30k/test_2016_flickr")
+    p.add_argument("--speed-sentences", type=int, default=0,
+                   help="time only the first N sentences (default: all)")
+    p.add_argument("--out", help="metrics JSON path (default: MODEL/metrics.beamB.bsN.json)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("pipeline", help="run an experiment's stages from one YAML file")
     _add_config_args(p, required=True)

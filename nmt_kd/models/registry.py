@@ -1,0 +1,121 @@
+"""Build models by name from the config, and save/load a model directory.
+
+A model directory (e.g. RUN/teacher/) holds everything needed to translate:
+    model.keras   the Keras model (weights + architecture), loaded with safe_mode=True
+    spm.model     the joint SentencePiece model it was trained with
+    model.json    model_type, kd, vocab size, parameter count, tokenizer hash
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from nmt_kd.config import ModelConfig
+from nmt_kd.errors import UserError
+from nmt_kd.fileio import read_json, sha256_file, write_json
+from nmt_kd.tokenizer import Tokenizer
+
+ARCHS = ("teacher", "student_rnn", "student_cnn")
+
+
+def build_model(arch: str, mcfg: ModelConfig, vocab_size: int):
+    """A new, built model of the given architecture."""
+    import numpy as np
+
+    if arch == "teacher":
+        from nmt_kd.models.teacher_transformer import TransformerTeacher
+
+        t = mcfg.teacher
+        model = TransformerTeacher(
+            vocab_size=vocab_size, d_model=t.d_model, num_encoder_layers=t.encoder_layers,
+            num_decoder_layers=t.decoder_layers, num_heads=t.heads, ff_dim=t.ff_dim,
+            dropout=t.dropout, attention_dropout=t.attention_dropout, activation=t.activation,
+            pre_norm=t.pre_norm, max_positions=mcfg.max_positions,
+        )
+    elif arch == "student_rnn":
+        from nmt_kd.models.student_rnn import RNNStudent
+
+        r = mcfg.student_rnn
+        model = RNNStudent(
+            vocab_size=vocab_size, cell=r.cell, attention=r.attention, embed_dim=r.embed_dim,
+            hidden=r.hidden, encoder_layers=r.encoder_layers, decoder_layers=r.decoder_layers,
+            dropout=r.dropout,
+        )
+    elif arch == "student_cnn":
+        from nmt_kd.models.student_cnn import CNNStudent
+
+        c = mcfg.student_cnn
+        model = CNNStudent(
+            vocab_size=vocab_size, embed_dim=c.embed_dim, hidden=c.hidden,
+            encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers,
+            kernel_size=c.kernel_size, dropout=c.dropout, max_positions=mcfg.max_positions,
+        )
+    else:
+        raise UserError(f"unknown model architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    dummy = np.full((1, 4), 5, dtype="int32")
+    model((dummy, dummy), training=False)
+    return model
+
+
+def _import_all_models() -> None:
+    """Register every model class with Keras before loading a `.keras` file."""
+    import importlib
+
+    for name in ("teacher_transformer", "student_rnn", "student_cnn"):
+        try:
+            importlib.import_module(f"nmt_kd.models.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"nmt_kd.models.{name}":
+                raise
+
+
+def save_model_dir(model, out_dir: str | Path, tokenizer: Tokenizer, meta: dict) -> Path:
+    """Write model.keras, spm.model and model.json into `out_dir`, each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".keras", dir=out_dir)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, out_dir / "model.keras")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if tokenizer.model_path.resolve() != (out_dir / "spm.model").resolve():
+        fd, tmp = tempfile.mkstemp(prefix=".spm.", dir=out_dir)
+        os.close(fd)
+        shutil.copyfile(tokenizer.model_path, tmp)
+        os.replace(tmp, out_dir / "spm.model")
+    meta = dict(meta)
+    meta.update(vocab_size=tokenizer.vocab_size, params=int(model.count_params()),
+                tokenizer_sha256=sha256_file(out_dir / "spm.model"))
+    write_json(out_dir / "model.json", meta)
+    return out_dir
+
+
+def load_model_dir(model_dir: str | Path):
+    """Load (model, tokenizer, meta) from a model directory, checking that they match."""
+    import keras
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "model.keras").is_file():
+        raise UserError(f"{model_dir}: no model.keras in this model directory")
+    if not (model_dir / "spm.model").is_file():
+        raise UserError(f"{model_dir}: the model's tokenizer spm.model is missing from the directory")
+    meta = read_json(model_dir / "model.json") if (model_dir / "model.json").is_file() else {}
+    tokenizer = Tokenizer(model_dir / "spm.model")
+    _import_all_models()
+    try:
+        model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
+    except Exception as e:  # a corrupt or foreign file: the user's to fix
+        raise UserError(f"{model_dir / 'model.keras'}: cannot load the model ({type(e).__name__}: {e})") from None
+    vocab = int(model.get_config().get("vocab_size", -1))
+    if vocab != tokenizer.vocab_size:
+        raise UserError(
+            f"{model_dir}: the tokenizer has {tokenizer.vocab_size} pieces but the model was "
+            f"built for a vocabulary of {vocab}; they do not belong together"
+        )
+    return model, tokenizer, meta

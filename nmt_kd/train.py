@@ -1,0 +1,370 @@
+"""Fit one model (teacher or student): schedule, checkpoints, resume, early stop, logs.
+
+Reads:  RUN/data/{train,valid}.{src,tgt} (or RUN/distill/train.{src,tgt} for seq-KD),
+        RUN/vocab/spm.model, and for word-KD the teacher's model directory.
+Writes: RUN/<name>/checkpoints/ (last K and best/), RUN/<name>/logs/ (TensorBoard),
+        RUN/<name>/{model.keras, spm.model, model.json, train_history.json, config.yaml}.
+
+A resumed run (`resume=True`) restores the model, the optimizer (so the learning-rate
+schedule continues from the same step), the position in the data (epoch and batch) and the
+elapsed training time, then replays the same batches from where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nmt_kd.config import Config, save_config
+from nmt_kd.dataset import BatchStream, encode_pairs, make_batch, token_batches
+from nmt_kd.errors import UserError
+from nmt_kd.fileio import read_lines, write_json
+from nmt_kd.losses import label_smoothed_ce
+from nmt_kd.models.registry import build_model, save_model_dir
+from nmt_kd.tokenizer import Tokenizer
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or Inf and train.on_nan is 'stop'."""
+
+
+@keras.saving.register_keras_serializable(package="nmt_kd")
+class InverseSqrtSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak` over `warmup` steps, then decay with 1/sqrt(step)."""
+
+    def __init__(self, peak: float, warmup: int):
+        self.peak, self.warmup = float(peak), int(warmup)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32) + 1.0
+        warmup = tf.cast(max(self.warmup, 1), tf.float32)
+        return self.peak * tf.minimum(step / warmup, tf.sqrt(warmup / step))
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "warmup": self.warmup}
+
+
+def set_precision(precision: str) -> None:
+    policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
+    keras.mixed_precision.set_global_policy(policy)
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    epochs_done: int
+    best: float | None
+    history: list[dict]
+    stopped_because: str
+
+
+class Progress:
+    """One status line: rewritten in place on a terminal, printed every N steps otherwise."""
+
+    def __init__(self, every: int, total_steps: int, total_seconds: float):
+        self.every, self.total_steps, self.total_seconds = every, total_steps, total_seconds
+        self.tty = sys.stderr.isatty()
+
+    def update(self, step: int, info: dict, elapsed: float) -> None:
+        if not self.tty and step % self.every:
+            return
+        eta = ""
+        fractions = []
+        if self.total_steps:
+            fractions.append(step / self.total_steps)
+        if self.total_seconds:
+            fractions.append(elapsed / self.total_seconds)
+        if fractions and max(fractions) > 0:
+            left = elapsed / max(fractions) - elapsed
+            eta = f" | ETA {_fmt_time(left)}"
+        line = (f"step {step} | ep {info['epoch']} | loss {info['loss']:.3f} | lr {info['lr']:.2e} | "
+                f"{info['tok_s']:,.0f} tgt tok/s | {_fmt_time(elapsed)}{eta}")
+        if self.tty:
+            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def newline(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _fmt_time(s: float) -> str:
+    s = max(0, int(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def load_pairs(run_dir: Path, split: str, distilled: bool = False) -> tuple[list[str], list[str]]:
+    base = run_dir / ("distill" if distilled else "data")
+    src, tgt = base / f"{split}.src", base / f"{split}.tgt"
+    for p in (src, tgt):
+        if not p.is_file():
+            hint = "run `nmt-kd distill` first" if distilled else "run `nmt-kd prepare` first"
+            raise UserError(f"{p} not found; {hint}")
+    s, t = read_lines(src), read_lines(tgt)
+    if len(s) != len(t):
+        raise UserError(f"{src} has {len(s)} lines but {tgt} has {len(t)}; refusing misaligned data")
+    return s, t
+
+
+LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+
+def train_model(
+    cfg: Config, run_dir: str | Path, arch: str = "teacher", name: str | None = None,
+    kd: str = "none", resume: bool = False, log: Callable[[str], None] = print,
+    loss_fn: LossFn | None = None, distilled_data: bool = False, meta: dict | None = None,
+) -> TrainResult:
+    """Train `arch` on the run's data; the final model goes to RUN/<name>/.
+
+    `loss_fn(logits, tgt_out, src, tgt_in) -> (loss_sum, n_tokens)` replaces the gold
+    label-smoothed CE (word-level KD passes one in).
+    """
+    run_dir = Path(run_dir)
+    name = name or arch
+    out = run_dir / name
+    tc = cfg.train
+    tokenizer = Tokenizer(run_dir / "vocab" / "spm.model")
+    set_precision(tc.precision)
+    keras.utils.set_random_seed(tc.seed)
+
+    train_src, train_tgt = load_pairs(run_dir, "train", distilled_data)
+    pairs = encode_pairs(tokenizer, train_src, train_tgt, tc.max_len)
+    if len(pairs) == 0:
+        raise UserError(f"no training pair fits train.max_len={tc.max_len} tokens")
+    valid_src, valid_tgt = load_pairs(run_dir, "valid")
+    valid_pairs = encode_pairs(tokenizer, valid_src, valid_tgt, 10**9)
+    stream = BatchStream(pairs, tc.max_tokens, seed=tc.seed)
+    log(f"train {name}: {len(pairs)} pairs ({pairs.dropped_too_long} longer than {tc.max_len} "
+        f"tokens dropped), {stream.num_batches(0)} batches/epoch of <= {tc.max_tokens} tokens")
+
+    model = build_model(arch, cfg.model, tokenizer.vocab_size)
+    log(f"train {name}: {arch} with {model.count_params():,} parameters, precision {tc.precision}")
+    optimizer = keras.optimizers.Adam(
+        learning_rate=InverseSqrtSchedule(tc.learning_rate, tc.warmup_steps),
+        beta_1=tc.adam_beta1, beta_2=tc.adam_beta2, epsilon=tc.adam_epsilon,
+        global_clipnorm=tc.clip_norm or None,
+    )
+    if tc.precision == "fp16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    batch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    elapsed_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    best_var = tf.Variable(np.nan, dtype=tf.float64, trainable=False)
+    bad_evals_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, batch=batch_var,
+                               elapsed=elapsed_var, best=best_var, bad_evals=bad_evals_var)
+    ckpt_dir = out / "checkpoints"
+    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=max(tc.keep_checkpoints, 1),
+                                         step_counter=optimizer.iterations)
+    best_manager = tf.train.CheckpointManager(ckpt, ckpt_dir / "best", max_to_keep=1,
+                                              step_counter=optimizer.iterations)
+    history_path = out / "train_history.json"
+    history: list[dict] = []
+    if manager.latest_checkpoint:
+        if not resume:
+            raise UserError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue "
+                            "that run, or use a new run directory")
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if history_path.is_file():
+            from nmt_kd.fileio import read_json
+
+            history = [h for h in read_json(history_path)["evals"]
+                       if h["step"] <= int(optimizer.iterations.numpy())]
+        log(f"train {name}: resumed from {manager.latest_checkpoint} at step "
+            f"{int(optimizer.iterations.numpy())}, epoch {int(epoch_var.numpy())}, batch {int(batch_var.numpy())}")
+    save_config(cfg, out / "config.yaml")
+
+    eps = tc.label_smoothing
+    compute_loss = loss_fn or (lambda logits, tgt_out, src, tgt_in: label_smoothed_ce(logits, tgt_out, eps))
+    spec = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[spec, spec, spec], jit_compile=tc.xla or None, reduce_retracing=True)
+    def train_step(src, tgt_in, tgt_out):
+        with tf.GradientTape() as tape:
+            logits = model((src, tgt_in), training=True)
+            loss_sum, ntok = compute_loss(logits, tgt_out, src, tgt_in)
+            loss = loss_sum / tf.maximum(ntok, 1.0)
+            scaled = optimizer.scale_loss(loss) if tc.precision == "fp16" else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(tf.linalg.global_norm(grads))
+
+        def apply():
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        return loss, ntok, finite
+
+    @tf.function(input_signature=[spec, spec, spec], reduce_retracing=True)
+    def eval_step(src, tgt_in, tgt_out):
+        logits = model((src, tgt_in), training=False)
+        return label_smoothed_ce(logits, tgt_out, 0.0)
+
+    def valid_loss() -> float:
+        total, count = 0.0, 0.0
+        for idx in token_batches(valid_pairs.src_lengths, valid_pairs.tgt_lengths,
+                                 tc.max_tokens, shuffle=False):
+            (s, ti), to = make_batch(valid_pairs, idx)
+            ls, n = eval_step(s, ti, to)
+            total, count = total + float(ls), count + float(n)
+        return total / max(count, 1.0)
+
+    def valid_bleu() -> float:
+        import sacrebleu
+
+        from nmt_kd.translate import Translator
+
+        n = tc.eval_sentences or len(valid_src)
+        hyps = Translator(model, tokenizer, cfg.decode).translate(valid_src[:n], beam=1).hypotheses
+        return sacrebleu.corpus_bleu(hyps, [valid_tgt[:n]]).score
+
+    writer = tf.summary.create_file_writer(str(out / "logs"))
+    progress = Progress(tc.log_every, tc.max_steps, tc.max_minutes * 60)
+    start_elapsed = float(elapsed_var.numpy())
+    t_start = time.perf_counter()
+    window_tokens, window_t0, window_loss, window_n = 0.0, time.perf_counter(), 0.0, 0
+    skipped_nan = 0
+    stopped = "finished"
+    step = int(optimizer.iterations.numpy())
+    higher_better = tc.early_stop_metric == "bleu"
+
+    def elapsed() -> float:
+        return start_elapsed + time.perf_counter() - t_start
+
+    def save_ckpt() -> None:
+        elapsed_var.assign(elapsed())
+        manager.save(checkpoint_number=step)
+
+    def evaluate_now() -> bool:
+        """Validate, log, keep the best checkpoint; True when patience is exhausted."""
+        vl = valid_loss()
+        record = {"step": step, "epoch": int(epoch_var.numpy()), "valid_loss": round(vl, 4),
+                  "elapsed_s": round(elapsed(), 1)}
+        if tc.early_stop_metric == "bleu":
+            record["valid_bleu"] = round(valid_bleu(), 2)
+        metric = record["valid_bleu"] if higher_better else vl
+        best = float(best_var.numpy())
+        improved = math.isnan(best) or (metric > best if higher_better else metric < best)
+        if improved:
+            best_var.assign(metric)
+            bad_evals_var.assign(0)
+        else:
+            bad_evals_var.assign_add(1)
+        record["best"] = float(best_var.numpy())
+        history.append(record)
+        with writer.as_default(step=step):
+            tf.summary.scalar("valid/loss", vl)
+            if "valid_bleu" in record:
+                tf.summary.scalar("valid/bleu", record["valid_bleu"])
+        progress.newline()
+        log(f"eval step {step}: valid loss {vl:.4f}"
+            + (f", valid BLEU (greedy) {record['valid_bleu']:.2f}" if "valid_bleu" in record else "")
+            + (" (best)" if improved else f" (no improvement {int(bad_evals_var.numpy())}x)"))
+        save_ckpt()
+        if improved:
+            elapsed_var.assign(elapsed())
+            best_manager.save(checkpoint_number=step)
+        write_json(history_path, {"evals": history})
+        return tc.patience > 0 and int(bad_evals_var.numpy()) >= tc.patience
+
+    def out_of_budget() -> str | None:
+        if tc.max_steps and step >= tc.max_steps:
+            return "max_steps"
+        if tc.max_minutes and elapsed() >= tc.max_minutes * 60:
+            return "max_minutes"
+        if tc.max_epochs and int(epoch_var.numpy()) >= tc.max_epochs:
+            return "max_epochs"
+        return None
+
+    reason = out_of_budget()
+    while reason is None:
+        epoch = int(epoch_var.numpy())
+        start = int(batch_var.numpy())
+        for (src, tgt_in), tgt_out in stream.iter_numpy(epoch, start):
+            loss, ntok, finite = train_step(src, tgt_in, tgt_out)
+            batch_var.assign_add(1)
+            if not bool(finite):
+                if tc.on_nan == "stop":
+                    progress.newline()
+                    raise TrainingDiverged(
+                        f"training {name} stopped: the loss became {float(loss)} at step {step + 1} "
+                        f"(epoch {epoch}, batch {int(batch_var.numpy())}); the update was not applied "
+                        f"and the last good checkpoint in {ckpt_dir} is intact (lower "
+                        "train.learning_rate, or set train.on_nan: skip)")
+                skipped_nan += 1
+                log(f"train {name}: skipped a non-finite update at batch {int(batch_var.numpy())} "
+                    f"({skipped_nan} so far)")
+                continue
+            step += 1
+            window_tokens += float(ntok)
+            window_loss += float(loss)
+            window_n += 1
+            if step % tc.log_every == 0 or progress.tty:
+                now = time.perf_counter()
+                tok_s = window_tokens / max(now - window_t0, 1e-9)
+                lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else tc.learning_rate
+                info = {"epoch": epoch, "loss": window_loss / window_n, "lr": lr, "tok_s": tok_s}
+                progress.update(step, info, elapsed())
+                if step % tc.log_every == 0:
+                    with writer.as_default(step=step):
+                        tf.summary.scalar("train/loss", info["loss"])
+                        tf.summary.scalar("train/learning_rate", lr)
+                        tf.summary.scalar("train/target_tokens_per_second", tok_s)
+                    window_tokens, window_t0, window_loss, window_n = 0.0, now, 0.0, 0
+            if tc.eval_every and step % tc.eval_every == 0:
+                if evaluate_now():
+                    reason = "early_stop"
+                    break
+            elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                save_ckpt()
+            reason = out_of_budget()
+            if reason:
+                break
+        else:
+            epoch_var.assign_add(1)
+            batch_var.assign(0)
+            reason = out_of_budget()
+    progress.newline()
+    stopped = reason
+    if not history or history[-1]["step"] != step:
+        if tc.eval_every:
+            evaluate_now()
+        else:
+            save_ckpt()
+    writer.flush()
+
+    final_from = "last"
+    if tc.average_last > 1 and len(manager.checkpoints) > 1:
+        paths = manager.checkpoints[-tc.average_last:]
+        sums = None
+        for p in paths:
+            ckpt.restore(p).expect_partial()
+            w = model.get_weights()
+            sums = w if sums is None else [a + b for a, b in zip(sums, w, strict=True)]
+        model.set_weights([a / len(paths) for a in sums])
+        final_from = f"average of last {len(paths)} checkpoints"
+    elif tc.eval_every and best_manager.latest_checkpoint:
+        ckpt.restore(best_manager.latest_checkpoint).expect_partial()
+        final_from = f"best checkpoint ({best_manager.latest_checkpoint})"
+    info = dict(meta or {}, model_type=arch, kd=kd, name=name, steps=step,
+                epochs=int(epoch_var.numpy()), train_seconds=round(elapsed(), 1),
+                stopped_because=stopped, final_weights=final_from, skipped_nan_updates=skipped_nan,
+                precision=tc.precision)
+    keras.mixed_precision.set_global_policy("float32")
+    save_model_dir(model, out, tokenizer, info)
+    log(f"train {name}: stopped ({stopped}) at step {step}; saved {final_from} to {out / 'model.keras'}")
+    best = float(best_var.numpy())
+    return TrainResult(out, step, int(epoch_var.numpy()), None if math.isnan(best) else best,
+                       history, stopped)
