@@ -327,6 +327,8 @@ def train_model(
                 if evaluate_now():
                     reason = "early_stop"
                     break
+                # validation time is not training time: restart the throughput window
+                window_tokens, window_t0, window_loss, window_n = 0.0, time.perf_counter(), 0.0, 0
             elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 save_ckpt()
             reason = out_of_budget()

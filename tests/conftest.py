@@ -59,3 +59,39 @@ def toy_config_tree(tmp_path, toy_corpus) -> dict:
         "vocab": {"size": 60},
         "pipeline": {"run_dir": str(tmp_path / "run")},
     }
+
+
+TINY_OVERRIDES = {
+    "vocab": {"size": 60},
+    "model": {"max_positions": 64,
+              "teacher": {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "heads": 2,
+                          "ff_dim": 64, "dropout": 0.0},
+              "student_rnn": {"embed_dim": 16, "hidden": 16},
+              "student_cnn": {"embed_dim": 16, "hidden": 16, "encoder_layers": 2,
+                              "decoder_layers": 2}},
+    "train": {"max_tokens": 256, "max_len": 32, "max_steps": 12, "eval_every": 6,
+              "checkpoint_every": 3, "eval_sentences": 10, "log_every": 3, "warmup_steps": 5,
+              "learning_rate": 0.003},
+    "decode": {"max_len_cap": 32, "batch_size": 16, "beam": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A prepared run directory (data + vocab) over the toy corpus, and its config tree."""
+    import copy
+
+    from nmt_kd.config import config_from_dict
+    from nmt_kd.data.prepare import prepare_data
+    from nmt_kd.tokenizer import build_vocab
+
+    base = tmp_path_factory.mktemp("tiny")
+    src, tgt = write_pair_files(base / "raw", toy_pairs(600))
+    tree = copy.deepcopy(TINY_OVERRIDES)
+    tree["data"] = {"source": "files", "train_src": str(src), "train_tgt": str(tgt),
+                    "valid_size": 30, "test_size": 30}
+    cfg = config_from_dict(tree)
+    run = base / "run"
+    prepare_data(cfg, run, log=lambda _m: None)
+    build_vocab(cfg.vocab, run, log=lambda _m: None)
+    return run, tree

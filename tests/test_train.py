@@ -1,0 +1,138 @@
+import copy
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from nmt_kd.config import config_from_dict
+from nmt_kd.errors import UserError
+from nmt_kd.losses import label_smoothed_ce
+from nmt_kd.models.registry import load_model_dir
+from nmt_kd.train import InverseSqrtSchedule, TrainingDiverged, train_model
+
+
+def fresh_run(tiny_run, tmp_path):
+    run, tree = tiny_run
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return dst, copy.deepcopy(tree)
+
+
+def quiet(_m):
+    pass
+
+
+def test_schedule_warms_up_then_decays():
+    s = InverseSqrtSchedule(1e-3, 100)
+    lrs = [float(s(i)) for i in (0, 49, 99, 399, 9999)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[1] == pytest.approx(5e-4)
+    assert lrs[2] == pytest.approx(1e-3) and lrs[3] == pytest.approx(5e-4)
+    assert lrs[4] == pytest.approx(1e-4)
+
+
+def test_train_saves_model_history_and_learns(tiny_run, tmp_path):
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=30, eval_every=15)
+    result = train_model(config_from_dict(tree), run, "teacher", log=quiet)
+    assert result.steps == 30 and result.stopped_because == "max_steps"
+    model, tok, meta = load_model_dir(run / "teacher")
+    assert meta["model_type"] == "teacher" and meta["kd"] == "none" and meta["steps"] == 30
+    assert meta["vocab_size"] == tok.vocab_size and meta["params"] == model.count_params()
+    hist = json.loads((run / "teacher/train_history.json").read_text())["evals"]
+    assert [h["step"] for h in hist] == [15, 30]
+    assert hist[1]["valid_loss"] < hist[0]["valid_loss"]  # it learns
+    assert (run / "teacher/config.yaml").exists() and list((run / "teacher/logs").iterdir())
+    # the saved weights are the best checkpoint's (lowest loss here means best BLEU may tie)
+    assert meta["final_weights"].startswith("best checkpoint")
+
+
+def test_existing_checkpoints_need_resume(tiny_run, tmp_path):
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=3, eval_every=0)
+    train_model(config_from_dict(tree), run, "teacher", log=quiet)
+    with pytest.raises(UserError, match="--resume"):
+        train_model(config_from_dict(tree), run, "teacher", log=quiet)
+    tree["train"]["max_steps"] = 6
+    assert train_model(config_from_dict(tree), run, "teacher", resume=True, log=quiet).steps == 6
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tiny_run, tmp_path):
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=20, eval_every=0, checkpoint_every=3)
+    calls = tf.Variable(0)
+
+    def poisoned(logits, tgt_out, src, tgt_in):  # the 8th step's loss is NaN
+        calls.assign_add(1)
+        loss, n = label_smoothed_ce(logits, tgt_out, 0.1)
+        return tf.where(calls == 8, tf.constant(np.nan, tf.float32), loss), n
+
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 8.*last good checkpoint"):
+        train_model(config_from_dict(tree), run, "teacher", log=quiet, loss_fn=poisoned)
+    ckpt = tf.train.latest_checkpoint(str(run / "teacher/checkpoints"))
+    assert ckpt.endswith("ckpt-6")
+    reader = tf.train.load_checkpoint(ckpt)
+    for name in reader.get_variable_to_shape_map():
+        if name.startswith("model/") and reader.get_variable_to_dtype_map()[name].is_floating:
+            assert np.isfinite(reader.get_tensor(name)).all()
+
+
+def test_nan_loss_skip_mode_counts_and_continues(tiny_run, tmp_path):
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=10, eval_every=0, on_nan="skip")
+    calls = tf.Variable(0)
+
+    def poisoned(logits, tgt_out, src, tgt_in):
+        calls.assign_add(1)
+        loss, n = label_smoothed_ce(logits, tgt_out, 0.1)
+        return tf.where(calls % 4 == 0, tf.constant(np.inf, tf.float32), loss), n
+
+    r = train_model(config_from_dict(tree), run, "teacher", log=quiet, loss_fn=poisoned)
+    assert r.steps == 10
+    _, _, meta = load_model_dir(run / "teacher")
+    assert meta["skipped_nan_updates"] == 3  # calls 4, 8, 12 of 13
+
+
+def _wait_for(path_glob, run, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if list((run / "teacher/checkpoints").glob(path_glob)):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_killed_run_resumes_from_last_checkpoint(tiny_run, tmp_path):
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=120, eval_every=0, checkpoint_every=5, keep_checkpoints=2)
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tree))
+    cmd = [sys.executable, "-m", "nmt_kd.cli", "train", "--config", str(cfg_path), "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
+    try:
+        assert _wait_for("ckpt-10.index", run), "no checkpoint appeared"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not (run / "teacher/model.keras").exists()  # it really died mid-run
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    resumed_at = int(r.stdout.split("at step ")[1].split(",")[0])
+    assert resumed_at >= 10
+    meta = json.loads((run / "teacher/model.json").read_text())
+    assert meta["steps"] == 120
+    model, tok, _ = load_model_dir(run / "teacher")
+    src = np.array([[5, 6, 7, 3]], np.int32)
+    logits = model((src, np.array([[2, 5, 6]], np.int32)), training=False)
+    assert np.isfinite(logits.numpy()).all()
+    assert math.isfinite(meta["train_seconds"])
