@@ -38,23 +38,31 @@ def train_tokenizer(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".spm.") as tmp:
         prefix = os.path.join(tmp, "spm")
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_both_sides(Path(src_path), Path(tgt_path)),
-            model_prefix=prefix,
-            vocab_size=cfg.size,
-            model_type=cfg.model_type,
-            character_coverage=cfg.character_coverage,
-            input_sentence_size=cfg.input_sentence_size,
-            shuffle_input_sentence=True,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
-            hard_vocab_limit=False,  # a tiny corpus gets a smaller vocabulary, not an error
-            num_threads=os.cpu_count() or 1,
-            minloglevel=2,
-        )
+        try:
+            _train_spm(cfg, src_path, tgt_path, prefix)
+        except RuntimeError as e:  # sentencepiece reports bad settings as RuntimeError
+            raise UserError(f"SentencePiece training failed for vocab.size={cfg.size}: "
+                            f"{str(e).split('] ')[-1]}") from None
         shutil.move(prefix + ".vocab", out_dir / "spm.vocab")
         os.replace(prefix + ".model", out_dir / "spm.model")  # the model file last
     return out_dir / "spm.model"
+
+
+def _train_spm(cfg: VocabConfig, src_path, tgt_path, prefix: str) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_both_sides(Path(src_path), Path(tgt_path)),
+        model_prefix=prefix,
+        vocab_size=cfg.size,
+        model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage,
+        input_sentence_size=cfg.input_sentence_size,
+        shuffle_input_sentence=True,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+        hard_vocab_limit=False,  # a tiny corpus gets a smaller vocabulary, not an error
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
 
 
 class Tokenizer:

@@ -52,3 +52,10 @@ def test_python_and_tensorflow_text_agree_on_real_sentences(tmp_path):
 def test_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="tokenizer model not found"):
         Tokenizer(tmp_path / "spm.model")
+
+
+def test_impossible_vocab_size_is_a_user_error(tmp_path):
+    src, tgt = write_pair_files(tmp_path, toy_pairs(100))
+    with pytest.raises(UserError, match="SentencePiece training failed for vocab.size=10"):
+        train_tokenizer(VocabConfig(size=10), src, tgt, tmp_path / "vocab")
+    assert not (tmp_path / "vocab/spm.model").exists()

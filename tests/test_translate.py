@@ -1,0 +1,110 @@
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nmt_kd.config import DecodeConfig, config_from_dict
+from nmt_kd.errors import UserError
+from nmt_kd.evaluate import evaluate_model
+from nmt_kd.models.registry import load_model_dir
+from nmt_kd.translate import Translator
+
+REQUIRED = {"model", "model_type", "kd", "params", "test_set", "beam", "batch_size", "bleu",
+            "chrf", "ter", "bleu_signature", "sentences_per_second", "tokens_per_second"}
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_run, tmp_path_factory):
+    from nmt_kd.train import train_model
+
+    run, tree = tiny_run
+    dst = tmp_path_factory.mktemp("tt") / "run"
+    shutil.copytree(run, dst)
+    tree = copy.deepcopy(tree)
+    tree["train"].update(max_steps=40, eval_every=0)
+    train_model(config_from_dict(tree), dst, "teacher", log=lambda _m: None)
+    return dst
+
+
+def test_order_count_and_empty_lines_preserved(tiny_teacher):
+    model, tok, _ = load_model_dir(tiny_teacher / "teacher")
+    tr = Translator(model, tok, DecodeConfig(max_len_cap=32))
+    lines = ["The dog runs.", "", "A small red cat sits on the big green house.", "   ", "Cat."]
+    for beam in (1, 3):
+        batch = tr.translate(lines, beam=beam, batch_size=2).hypotheses
+        assert len(batch) == len(lines)
+        assert batch[1] == "" and batch[3] == ""
+        single = [tr.translate([x], beam=beam, batch_size=1).hypotheses[0] for x in lines]
+        assert batch == single  # length-sorted batching restores the input order
+
+
+def test_nbest_and_long_line_handling(tiny_teacher):
+    model, tok, _ = load_model_dir(tiny_teacher / "teacher")
+    tr = Translator(model, tok, DecodeConfig(max_len_cap=32, max_src_len=6))
+    res = tr.translate(["the dog runs with the big red ball in the house"], beam=3, nbest=3)
+    assert res.truncated == 1
+    assert len(res.nbest[0]) == 3
+    scores = [s for _, s in res.nbest[0]]
+    assert scores == sorted(scores, reverse=True) and res.nbest[0][0][0] == res.hypotheses[0]
+    strict = Translator(model, tok, DecodeConfig(max_len_cap=32, max_src_len=6, on_long_line="error"))
+    with pytest.raises(UserError, match="input line 1 has .* tokens"):
+        strict.translate(["the dog runs with the big red ball in the house"])
+
+
+def test_evaluate_writes_the_report_keys(tiny_teacher, tmp_path):
+    out = tmp_path / "m.json"
+    m = evaluate_model(tiny_teacher / "teacher", tiny_teacher / "data/test.src",
+                       tiny_teacher / "data/test.tgt", beam=2, batch_size=8,
+                       decode_cfg=DecodeConfig(max_len_cap=32), test_set="toy/test",
+                       out_json=out, log=lambda _m: None)
+    on_disk = json.loads(out.read_text())
+    assert REQUIRED <= set(on_disk) and on_disk == json.loads(json.dumps(m))
+    assert m["model_type"] == "teacher" and m["kd"] == "none" and m["test_set"] == "toy/test"
+    assert 0.0 <= m["bleu"] <= 100.0 and m["sentences_per_second"] > 0
+    assert m["bleu_signature"].startswith("nrefs:1|case:mixed")
+    hyps = out.with_suffix(".hyp.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(hyps) == 30
+
+
+def test_model_dir_problems_are_clear_errors(tiny_teacher, tmp_path, tiny_run):
+    broken = tmp_path / "nospm"
+    shutil.copytree(tiny_teacher / "teacher", broken)
+    (broken / "spm.model").unlink()
+    with pytest.raises(UserError, match="spm.model is missing"):
+        load_model_dir(broken)
+    other = tmp_path / "otherspm"
+    shutil.copytree(tiny_teacher / "teacher", other)
+    from conftest import toy_pairs, write_pair_files
+
+    from nmt_kd.config import VocabConfig
+    from nmt_kd.tokenizer import train_tokenizer
+
+    s, t = write_pair_files(tmp_path / "raw", toy_pairs(300))
+    new_spm = train_tokenizer(VocabConfig(size=90), s, t, tmp_path / "v")
+    shutil.copy(new_spm, other / "spm.model")
+    with pytest.raises(UserError, match="do not belong together"):
+        load_model_dir(other)
+    with pytest.raises(UserError, match="no model.keras"):
+        load_model_dir(tmp_path)
+
+
+def test_cli_translate_stdin_and_evaluate(tiny_teacher, tmp_path):
+    model = tiny_teacher / "teacher"
+    r = subprocess.run([sys.executable, "-m", "nmt_kd.cli", "translate", "--model", str(model),
+                        "--beam", "1", "--set", "decode.max_len_cap=32"],
+                       input="The dog runs.\n\nA cat.\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(r.stdout.split("\n")) == 4 and r.stdout.split("\n")[1] == ""
+    out = tmp_path / "metrics.json"
+    r = subprocess.run([sys.executable, "-m", "nmt_kd.cli", "evaluate", "--model", str(model),
+                        "--src", str(tiny_teacher / "data/test.src"), "--ref",
+                        str(tiny_teacher / "data/test.tgt"), "--beam", "2", "--batch-size", "4",
+                        "--out", str(out), "--set", "decode.max_len_cap=32"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert REQUIRED <= set(json.loads(Path(out).read_text()))
+    assert "BLEU" in r.stdout and "nrefs:1" in r.stdout
