@@ -77,13 +77,28 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from nmt_kd.train import train_model
+    from nmt_kd.train import online_word_kd_loss, train_model
 
     cfg = _load(args)
-    if args.kd != "none":
-        raise UserError("knowledge distillation (--kd word|seq|seq+word) arrives with the students issue")
-    train_model(cfg, _run_dir(args, cfg), arch=args.model, name=args.name, kd=args.kd,
-                resume=args.resume)
+    run_dir = _run_dir(args, cfg)
+    loss_fn = None
+    if args.kd in ("word", "seq+word"):
+        loss_fn = online_word_kd_loss(cfg, run_dir, args.teacher or run_dir / "teacher")
+    name = args.name or (args.model if args.kd == "none" else f"{args.model}_{args.kd.replace('+', '_')}")
+    train_model(cfg, run_dir, arch=args.model, name=name, kd=args.kd, resume=args.resume,
+                loss_fn=loss_fn, distilled_data=args.kd in ("seq", "seq+word"))
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from nmt_kd.distill import merge_shards, translate_shards
+
+    cfg = _load(args)
+    run_dir = _run_dir(args, cfg)
+    if not args.merge_only:
+        translate_shards(cfg, run_dir, args.teacher, args.worker_index, args.num_workers)
+    if args.num_workers == 1 or args.merge_only:
+        merge_shards(cfg, run_dir)
     return 0
 
 
@@ -149,7 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="output sub-directory (default: the model name)")
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--teacher", help="teacher model directory for word-KD (default: RUN/teacher)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="sequence-level KD: the teacher beam-translates the training source")
+    _add_config_args(p, required=True)
+    p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
+    p.add_argument("--teacher", help="teacher model directory (default: RUN/teacher)")
+    p.add_argument("--worker-index", type=int, default=0, help="this worker's index (sharded runs)")
+    p.add_argument("--num-workers", type=int, default=1, help="number of workers sharing the shards")
+    p.add_argument("--merge-only", action="store_true", help="only check and merge finished shards")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("translate", help="translate a file or stdin with a trained model")
     _add_config_args(p)

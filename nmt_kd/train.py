@@ -119,6 +119,32 @@ def load_pairs(run_dir: Path, split: str, distilled: bool = False) -> tuple[list
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
+def online_word_kd_loss(cfg: Config, run_dir: str | Path, teacher_dir: str | Path) -> LossFn:
+    """Word-level KD against a frozen teacher run on the same batch (checked before training)."""
+    from nmt_kd.fileio import sha256_file
+    from nmt_kd.losses import word_kd_loss
+    from nmt_kd.models.registry import load_model_dir
+
+    teacher_dir = Path(teacher_dir)
+    if not (teacher_dir / "model.keras").is_file():
+        raise UserError(f"word-level KD needs a trained teacher, but {teacher_dir} holds no "
+                        "model.keras; train the teacher first or pass --teacher DIR")
+    teacher, _, _ = load_model_dir(teacher_dir)
+    run_spm = Path(run_dir) / "vocab" / "spm.model"
+    if sha256_file(teacher_dir / "spm.model") != sha256_file(run_spm):
+        raise UserError(f"the teacher in {teacher_dir} was trained with a different SentencePiece "
+                        f"model than {run_spm}; a student must share its teacher's vocabulary")
+    teacher.trainable = False
+    dc, eps = cfg.distill, cfg.train.label_smoothing
+
+    def loss(logits, tgt_out, src, tgt_in):
+        teacher_logits = tf.stop_gradient(teacher((src, tgt_in), training=False))
+        return word_kd_loss(logits, tgt_out, dc.alpha, dc.temperature, eps,
+                            teacher_logits=teacher_logits)
+
+    return loss
+
+
 def train_model(
     cfg: Config, run_dir: str | Path, arch: str = "teacher", name: str | None = None,
     kd: str = "none", resume: bool = False, log: Callable[[str], None] = print,

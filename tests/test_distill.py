@@ -1,0 +1,159 @@
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import sacrebleu
+import yaml
+
+from nmt_kd.config import config_from_dict
+from nmt_kd.distill import distill_corpus, merge_shards, shard_path, shard_ranges, translate_shards
+from nmt_kd.errors import UserError
+from nmt_kd.fileio import read_lines
+
+quiet = lambda _m: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_run, tmp_path_factory):
+    from nmt_kd.train import train_model
+
+    run, tree = tiny_run
+    base = tmp_path_factory.mktemp("dist") / "run"
+    shutil.copytree(run, base)
+    tree = copy.deepcopy(tree)
+    tree["train"].update(max_steps=40, eval_every=0)
+    tree["distill"] = {"shard_size": 128, "beam": 2}
+    train_model(config_from_dict(tree), base, "teacher", log=quiet)
+    return base, tree
+
+
+def clone(teacher_run, tmp_path, **distill):
+    base, tree = teacher_run
+    run = tmp_path / "run"
+    shutil.copytree(base, run, ignore=shutil.ignore_patterns("distill"))
+    tree = copy.deepcopy(tree)
+    tree["distill"].update(distill)
+    return run, tree
+
+
+def test_shard_ranges():
+    assert shard_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert shard_ranges(0, 3) == []
+
+
+def test_one_line_per_source_line_and_resume_does_only_missing_shards(teacher_run, tmp_path):
+    run, tree = clone(teacher_run, tmp_path)
+    cfg = config_from_dict(tree)
+    m = distill_corpus(cfg, run, log=quiet)
+    src = read_lines(run / "data/train.src")
+    n_shards = len(shard_ranges(len(src), 128))
+    assert n_shards >= 4
+    out_src, out_tgt = read_lines(run / "distill/train.src"), read_lines(run / "distill/train.tgt")
+    assert len(out_src) == len(out_tgt) == m["lines"] == len(src) - m["dropped_empty_hypothesis"]
+    if m["dropped_empty_hypothesis"] == 0:
+        assert out_src == src  # same sources, same order
+    first = (run / "distill/train.tgt").read_bytes()
+    shard_path(run, 2).unlink()
+    assert translate_shards(cfg, run, log=quiet) == [2]  # only the missing shard is redone
+    merge_shards(cfg, run, log=quiet)
+    assert (run / "distill/train.tgt").read_bytes() == first
+
+
+def test_merge_refuses_missing_or_corrupt_shards(teacher_run, tmp_path):
+    run, tree = clone(teacher_run, tmp_path)
+    cfg = config_from_dict(tree)
+    translate_shards(cfg, run, log=quiet)
+    p = shard_path(run, 1)
+    lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
+    p.write_text("".join(lines[:-1]), encoding="utf-8")  # a shard that lost its last line
+    with pytest.raises(UserError, match=r"shard-00001.jsonl holds 127 records for source lines 128..255"):
+        merge_shards(cfg, run, log=quiet)
+    p.write_text("".join(lines[:-1]) + '{"i": 255, "hyp": "x', encoding="utf-8")
+    with pytest.raises(UserError, match=r"shard-00001.jsonl:128: corrupt shard record"):
+        merge_shards(cfg, run, log=quiet)
+    p.unlink()
+    with pytest.raises(UserError, match="1 of .* shards are missing"):
+        merge_shards(cfg, run, log=quiet)
+    assert not (run / "distill/train.tgt").exists()
+
+
+def test_seq_inter_picks_the_hypothesis_closest_to_the_reference(teacher_run, tmp_path):
+    run, tree = clone(teacher_run, tmp_path, seq_inter=True, beam=3, shard_size=400)
+    cfg = config_from_dict(tree)
+    translate_shards(cfg, run, log=quiet)
+    ref = read_lines(run / "data/train.tgt")
+    checked = 0
+    for line in shard_path(run, 0).read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        assert len(r["nbest"]) == 3
+        bleus = [sacrebleu.sentence_bleu(h, [ref[r["i"]]]).score for h, _ in r["nbest"]]
+        assert bleus[r["rank"]] == max(bleus) and r["hyp"] == r["nbest"][r["rank"]][0]
+        checked += 1
+    assert checked == 400
+
+
+def test_drop_worst_and_keep_original(teacher_run, tmp_path):
+    run, tree = clone(teacher_run, tmp_path, nbest=2, drop_worst=0.25, keep_original=True)
+    m = distill_corpus(config_from_dict(tree), run, log=quiet)
+    n = len(read_lines(run / "data/train.src"))
+    kept = n - m["dropped_empty_hypothesis"]
+    assert m["dropped_worst"] == int(0.25 * kept)
+    assert m["lines"] == kept - m["dropped_worst"] + n
+    assert read_lines(run / "distill/train.tgt")[-n:] == read_lines(run / "data/train.tgt")
+
+
+def test_killed_distillation_resumes_with_exactly_one_line_per_input(teacher_run, tmp_path):
+    run, tree = clone(teacher_run, tmp_path, shard_size=32)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(tree))
+    cmd = [sys.executable, "-m", "nmt_kd.cli", "distill", "--config", str(cfg_path), "--run-dir", str(run)]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    t0 = time.time()
+    while not shard_path(run, 3).exists() and time.time() - t0 < 120:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = sorted((run / "distill/shards").glob("shard-*.jsonl"))
+    assert 4 <= len(done_before) < len(shard_ranges(len(read_lines(run / "data/train.src")), 32))
+    assert not (run / "distill/train.tgt").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{len(done_before)} already done" in r.stdout
+    src = read_lines(run / "data/train.src")
+    out_src, out_tgt = read_lines(run / "distill/train.src"), read_lines(run / "distill/train.tgt")
+    assert len(out_src) == len(out_tgt)
+    m = json.loads((run / "distill/manifest.json").read_text())
+    assert m["source_lines"] == len(src) and len(out_src) == len(src) - m["dropped_empty_hypothesis"]
+    # identical to an uninterrupted run
+    ref_run, _ = clone(teacher_run, tmp_path / "ref", shard_size=32)
+    distill_corpus(config_from_dict(dict(tree)), ref_run, log=quiet)
+    assert read_lines(ref_run / "distill/train.tgt") == out_tgt
+
+
+def test_word_kd_needs_a_teacher_and_the_same_vocabulary(teacher_run, tmp_path):
+    from nmt_kd.train import online_word_kd_loss
+
+    run, tree = clone(teacher_run, tmp_path)
+    cfg = config_from_dict(tree)
+    with pytest.raises(UserError, match="word-level KD needs a trained teacher"):
+        online_word_kd_loss(cfg, run, tmp_path / "nothing")
+    other = tmp_path / "other_teacher"
+    shutil.copytree(run / "teacher", other)
+    (other / "spm.model").write_bytes((run / "vocab/spm.model").read_bytes())
+    online_word_kd_loss(cfg, run, other)  # same vocabulary: fine
+    from conftest import toy_pairs, write_pair_files
+
+    from nmt_kd.config import VocabConfig
+    from nmt_kd.tokenizer import train_tokenizer
+
+    s, t = write_pair_files(tmp_path / "raw", toy_pairs(200, seed=7))
+    train_tokenizer(VocabConfig(size=60), s, t, run / "vocab")  # the run's vocabulary changes
+    with pytest.raises(UserError, match="different SentencePiece model"):
+        online_word_kd_loss(cfg, run, run / "teacher")
