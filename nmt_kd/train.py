@@ -145,6 +145,47 @@ def online_word_kd_loss(cfg: Config, run_dir: str | Path, teacher_dir: str | Pat
     return loss
 
 
+def make_optimizer(tc) -> keras.optimizers.Optimizer:
+    """Adam with inverse-square-root warm-up and global-norm clipping, built for `model`."""
+    optimizer = keras.optimizers.Adam(
+        learning_rate=InverseSqrtSchedule(tc.learning_rate, tc.warmup_steps),
+        beta_1=tc.adam_beta1, beta_2=tc.adam_beta2, epsilon=tc.adam_epsilon,
+        global_clipnorm=tc.clip_norm or None,
+    )
+    if tc.precision == "fp16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def make_train_step(model, optimizer, compute_loss: LossFn, loss_scaling: bool = False,
+                    xla: bool = False):
+    """One compiled update: forward, masked loss, gradients, and an update only if finite.
+
+    Returns `(loss, n_tokens, finite)`; a non-finite loss or gradient leaves every weight and
+    optimizer slot untouched.
+    """
+    spec = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[spec, spec, spec], jit_compile=xla or None, reduce_retracing=True)
+    def train_step(src, tgt_in, tgt_out):
+        with tf.GradientTape() as tape:
+            logits = model((src, tgt_in), training=True)
+            loss_sum, ntok = compute_loss(logits, tgt_out, src, tgt_in)
+            loss = loss_sum / tf.maximum(ntok, 1.0)
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(tf.linalg.global_norm(grads))
+
+        def apply():
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        return loss, ntok, finite
+
+    return train_step
+
+
 def train_model(
     cfg: Config, run_dir: str | Path, arch: str = "teacher", name: str | None = None,
     kd: str = "none", resume: bool = False, log: Callable[[str], None] = print,
@@ -175,13 +216,7 @@ def train_model(
 
     model = build_model(arch, cfg.model, tokenizer.vocab_size)
     log(f"train {name}: {arch} with {model.count_params():,} parameters, precision {tc.precision}")
-    optimizer = keras.optimizers.Adam(
-        learning_rate=InverseSqrtSchedule(tc.learning_rate, tc.warmup_steps),
-        beta_1=tc.adam_beta1, beta_2=tc.adam_beta2, epsilon=tc.adam_epsilon,
-        global_clipnorm=tc.clip_norm or None,
-    )
-    if tc.precision == "fp16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = make_optimizer(tc)
     optimizer.build(model.trainable_variables)
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -216,22 +251,7 @@ def train_model(
     compute_loss = loss_fn or (lambda logits, tgt_out, src, tgt_in: label_smoothed_ce(logits, tgt_out, eps))
     spec = tf.TensorSpec([None, None], tf.int32)
 
-    @tf.function(input_signature=[spec, spec, spec], jit_compile=tc.xla or None, reduce_retracing=True)
-    def train_step(src, tgt_in, tgt_out):
-        with tf.GradientTape() as tape:
-            logits = model((src, tgt_in), training=True)
-            loss_sum, ntok = compute_loss(logits, tgt_out, src, tgt_in)
-            loss = loss_sum / tf.maximum(ntok, 1.0)
-            scaled = optimizer.scale_loss(loss) if tc.precision == "fp16" else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        finite = tf.math.is_finite(loss) & tf.math.is_finite(tf.linalg.global_norm(grads))
-
-        def apply():
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return tf.constant(True)
-
-        tf.cond(finite, apply, lambda: tf.constant(False))
-        return loss, ntok, finite
+    train_step = make_train_step(model, optimizer, compute_loss, tc.precision == "fp16", tc.xla)
 
     @tf.function(input_signature=[spec, spec, spec], reduce_retracing=True)
     def eval_step(src, tgt_in, tgt_out):
