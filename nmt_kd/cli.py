@@ -77,16 +77,12 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from nmt_kd.train import online_word_kd_loss, train_model
+    from nmt_kd.train import train_model
 
     cfg = _load(args)
-    run_dir = _run_dir(args, cfg)
-    loss_fn = None
-    if args.kd in ("word", "seq+word"):
-        loss_fn = online_word_kd_loss(cfg, run_dir, args.teacher or run_dir / "teacher")
     name = args.name or (args.model if args.kd == "none" else f"{args.model}_{args.kd.replace('+', '_')}")
-    train_model(cfg, run_dir, arch=args.model, name=name, kd=args.kd, resume=args.resume,
-                loss_fn=loss_fn, distilled_data=args.kd in ("seq", "seq+word"))
+    train_model(cfg, _run_dir(args, cfg), arch=args.model, name=name, kd=args.kd,
+                resume=args.resume, teacher_dir=args.teacher)
     return 0
 
 

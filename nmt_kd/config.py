@@ -193,7 +193,7 @@ class DecodeConfig:
 class DistillConfig:
     alpha: float = 0.5  # weight of the KD term in word-level KD
     temperature: float = 1.0
-    top_k: int = 0  # 0: full teacher distribution; k > 0: stored top-k (offline)
+    top_k: int = 8  # entries kept per position by the offline store
     teacher_mode: str = "online"  # online | offline
     beam: int = 5
     nbest: int = 1
@@ -211,6 +211,8 @@ class DistillConfig:
         if not 0.0 <= self.drop_worst < 1.0:
             raise ConfigError(f"distill.drop_worst must be in [0, 1), got {self.drop_worst}")
         _one_of("distill.teacher_mode", self.teacher_mode, ("online", "offline"))
+        if self.teacher_mode == "offline" and self.top_k < 1:
+            raise ConfigError("distill.teacher_mode: offline stores the teacher's top-k; set distill.top_k >= 1")
         _one_of("distill.seq_inter_metric", self.seq_inter_metric, ("bleu", "chrf"))
 
 

@@ -128,9 +128,14 @@ class BatchStream:
     def num_batches(self, epoch: int = 0) -> int:
         return len(self.batches(epoch))
 
-    def iter_numpy(self, epoch: int, start: int = 0) -> Iterator:
+    def iter_indexed(self, epoch: int, start: int = 0) -> Iterator:
+        """`(example_indices, batch)` for this epoch's batches from batch `start` on."""
         for idx in self.batches(epoch)[start:]:
-            yield make_batch(self.pairs, idx)
+            yield idx, make_batch(self.pairs, idx)
+
+    def iter_numpy(self, epoch: int, start: int = 0) -> Iterator:
+        for _, batch in self.iter_indexed(epoch, start):
+            yield batch
 
     def dataset(self, epoch: int, start: int = 0, prefetch: int = 4):
         """A `tf.data.Dataset` of this epoch's batches from batch `start` on."""

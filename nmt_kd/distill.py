@@ -129,6 +129,9 @@ def merge_shards(cfg: Config, run_dir: str | Path, log: Callable[[str], None] = 
     assert len(records) == len(src)  # guaranteed by read_shard's per-shard check
     keep = [r for r in records if r["hyp"].strip()]
     dropped_empty = len(records) - len(keep)
+    if not keep:
+        raise UserError(f"every teacher translation is empty ({len(records)} lines); the teacher "
+                        "is not trained enough to distil from")
     dropped_worst = 0
     if dc.drop_worst > 0:
         scored = [r for r in keep if r["score"] is not None]

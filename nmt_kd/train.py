@@ -119,10 +119,9 @@ def load_pairs(run_dir: Path, split: str, distilled: bool = False) -> tuple[list
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
-def online_word_kd_loss(cfg: Config, run_dir: str | Path, teacher_dir: str | Path) -> LossFn:
-    """Word-level KD against a frozen teacher run on the same batch (checked before training)."""
+def load_kd_teacher(run_dir: str | Path, teacher_dir: str | Path):
+    """The frozen teacher for word-level KD, checked before any training starts."""
     from nmt_kd.fileio import sha256_file
-    from nmt_kd.losses import word_kd_loss
     from nmt_kd.models.registry import load_model_dir
 
     teacher_dir = Path(teacher_dir)
@@ -135,12 +134,33 @@ def online_word_kd_loss(cfg: Config, run_dir: str | Path, teacher_dir: str | Pat
         raise UserError(f"the teacher in {teacher_dir} was trained with a different SentencePiece "
                         f"model than {run_spm}; a student must share its teacher's vocabulary")
     teacher.trainable = False
+    return teacher
+
+
+def online_word_kd_loss(cfg: Config, run_dir: str | Path, teacher_dir: str | Path) -> LossFn:
+    """Word-level KD against the frozen teacher run on the same batch."""
+    from nmt_kd.losses import word_kd_loss
+
+    teacher = load_kd_teacher(run_dir, teacher_dir)
     dc, eps = cfg.distill, cfg.train.label_smoothing
 
     def loss(logits, tgt_out, src, tgt_in):
         teacher_logits = tf.stop_gradient(teacher((src, tgt_in), training=False))
         return word_kd_loss(logits, tgt_out, dc.alpha, dc.temperature, eps,
                             teacher_logits=teacher_logits)
+
+    return loss
+
+
+def topk_word_kd_loss(cfg: Config):
+    """Word-level KD against stored top-k teacher distributions (extra step inputs)."""
+    from nmt_kd.losses import word_kd_loss
+
+    dc, eps = cfg.distill, cfg.train.label_smoothing
+
+    def loss(logits, tgt_out, src, tgt_in, topk_ids, topk_logp):
+        return word_kd_loss(logits, tgt_out, dc.alpha, dc.temperature, eps,
+                            topk=(topk_ids, topk_logp))
 
     return loss
 
@@ -157,20 +177,22 @@ def make_optimizer(tc) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def make_train_step(model, optimizer, compute_loss: LossFn, loss_scaling: bool = False,
-                    xla: bool = False):
+def make_train_step(model, optimizer, compute_loss, loss_scaling: bool = False,
+                    xla: bool = False, extra_specs: tuple = ()):
     """One compiled update: forward, masked loss, gradients, and an update only if finite.
 
-    Returns `(loss, n_tokens, finite)`; a non-finite loss or gradient leaves every weight and
-    optimizer slot untouched.
+    `compute_loss(logits, tgt_out, src, tgt_in, *extra)` gets any extra per-batch inputs
+    (described by `extra_specs`). Returns `(loss, n_tokens, finite)`; a non-finite loss or
+    gradient leaves every weight and optimizer slot untouched.
     """
     spec = tf.TensorSpec([None, None], tf.int32)
 
-    @tf.function(input_signature=[spec, spec, spec], jit_compile=xla or None, reduce_retracing=True)
-    def train_step(src, tgt_in, tgt_out):
+    @tf.function(input_signature=[spec, spec, spec, *extra_specs], jit_compile=xla or None,
+                 reduce_retracing=True)
+    def train_step(src, tgt_in, tgt_out, *extra):
         with tf.GradientTape() as tape:
             logits = model((src, tgt_in), training=True)
-            loss_sum, ntok = compute_loss(logits, tgt_out, src, tgt_in)
+            loss_sum, ntok = compute_loss(logits, tgt_out, src, tgt_in, *extra)
             loss = loss_sum / tf.maximum(ntok, 1.0)
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
@@ -190,11 +212,15 @@ def train_model(
     cfg: Config, run_dir: str | Path, arch: str = "teacher", name: str | None = None,
     kd: str = "none", resume: bool = False, log: Callable[[str], None] = print,
     loss_fn: LossFn | None = None, distilled_data: bool = False, meta: dict | None = None,
+    teacher_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train `arch` on the run's data; the final model goes to RUN/<name>/.
 
-    `loss_fn(logits, tgt_out, src, tgt_in) -> (loss_sum, n_tokens)` replaces the gold
-    label-smoothed CE (word-level KD passes one in).
+    `kd`: none | word | seq | seq+word. Sequence-level modes read RUN/distill/train.*; word
+    modes use the teacher in `teacher_dir` (default RUN/teacher), online on each batch or,
+    with `distill.teacher_mode: offline`, through a stored top-k (`nmt_kd.topk`).
+    `loss_fn(logits, tgt_out, src, tgt_in) -> (loss_sum, n_tokens)` replaces the loss
+    (tests inject faults with it).
     """
     run_dir = Path(run_dir)
     name = name or arch
@@ -204,6 +230,7 @@ def train_model(
     set_precision(tc.precision)
     keras.utils.set_random_seed(tc.seed)
 
+    distilled_data = distilled_data or kd in ("seq", "seq+word")
     train_src, train_tgt = load_pairs(run_dir, "train", distilled_data)
     pairs = encode_pairs(tokenizer, train_src, train_tgt, tc.max_len)
     if len(pairs) == 0:
@@ -211,6 +238,22 @@ def train_model(
     valid_src, valid_tgt = load_pairs(run_dir, "valid")
     valid_pairs = encode_pairs(tokenizer, valid_src, valid_tgt, 10**9)
     stream = BatchStream(pairs, tc.max_tokens, seed=tc.seed)
+    topk_store = None
+    if kd in ("word", "seq+word") and loss_fn is None:
+        dc = cfg.distill
+        teacher_dir = Path(teacher_dir or run_dir / "teacher")
+        if dc.teacher_mode == "offline":
+            from nmt_kd.topk import compute_topk_store
+
+            teacher = load_kd_teacher(run_dir, teacher_dir)
+            data = "distill" if distilled_data else "data"
+            topk_store = compute_topk_store(
+                teacher, pairs, run_dir / "distill" / f"topk_{data}_k{dc.top_k}_T{dc.temperature:g}",
+                dc.top_k, dc.temperature, dc.shard_size, tc.max_tokens, log=log)
+            del teacher
+            loss_fn = topk_word_kd_loss(cfg)
+        else:
+            loss_fn = online_word_kd_loss(cfg, run_dir, teacher_dir)
     log(f"train {name}: {len(pairs)} pairs ({pairs.dropped_too_long} longer than {tc.max_len} "
         f"tokens dropped), {stream.num_batches(0)} batches/epoch of <= {tc.max_tokens} tokens")
 
@@ -251,7 +294,10 @@ def train_model(
     compute_loss = loss_fn or (lambda logits, tgt_out, src, tgt_in: label_smoothed_ce(logits, tgt_out, eps))
     spec = tf.TensorSpec([None, None], tf.int32)
 
-    train_step = make_train_step(model, optimizer, compute_loss, tc.precision == "fp16", tc.xla)
+    extra_specs = (tf.TensorSpec([None, None, None], tf.int32),
+                   tf.TensorSpec([None, None, None], tf.float32)) if topk_store else ()
+    train_step = make_train_step(model, optimizer, compute_loss, tc.precision == "fp16", tc.xla,
+                                 extra_specs)
 
     @tf.function(input_signature=[spec, spec, spec], reduce_retracing=True)
     def eval_step(src, tgt_in, tgt_out):
@@ -338,8 +384,9 @@ def train_model(
     while reason is None:
         epoch = int(epoch_var.numpy())
         start = int(batch_var.numpy())
-        for (src, tgt_in), tgt_out in stream.iter_numpy(epoch, start):
-            loss, ntok, finite = train_step(src, tgt_in, tgt_out)
+        for idx, ((src, tgt_in), tgt_out) in stream.iter_indexed(epoch, start):
+            extra = topk_store.batch(idx, tgt_out.shape[1]) if topk_store else ()
+            loss, ntok, finite = train_step(src, tgt_in, tgt_out, *extra)
             batch_var.assign_add(1)
             if not bool(finite):
                 if tc.on_nan == "stop":

@@ -27,7 +27,7 @@ def teacher_run(tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("dist") / "run"
     shutil.copytree(run, base)
     tree = copy.deepcopy(tree)
-    tree["train"].update(max_steps=40, eval_every=0)
+    tree["train"].update(max_steps=150, eval_every=0)  # enough to emit non-empty translations
     tree["distill"] = {"shard_size": 128, "beam": 2}
     train_model(config_from_dict(tree), base, "teacher", log=quiet)
     return base, tree
@@ -98,6 +98,17 @@ def test_seq_inter_picks_the_hypothesis_closest_to_the_reference(teacher_run, tm
     assert checked == 400
 
 
+def test_all_empty_translations_are_refused(teacher_run, tmp_path):
+    run, tree = clone(teacher_run, tmp_path)
+    cfg = config_from_dict(tree)
+    translate_shards(cfg, run, log=quiet)
+    for p in (run / "distill/shards").glob("shard-*.jsonl"):
+        rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()]
+        p.write_text("".join(json.dumps(dict(r, hyp="")) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(UserError, match="every teacher translation is empty"):
+        merge_shards(cfg, run, log=quiet)
+
+
 def test_drop_worst_and_keep_original(teacher_run, tmp_path):
     run, tree = clone(teacher_run, tmp_path, nbest=2, drop_worst=0.25, keep_original=True)
     m = distill_corpus(config_from_dict(tree), run, log=quiet)
@@ -157,3 +168,66 @@ def test_word_kd_needs_a_teacher_and_the_same_vocabulary(teacher_run, tmp_path):
     train_tokenizer(VocabConfig(size=60), s, t, run / "vocab")  # the run's vocabulary changes
     with pytest.raises(UserError, match="different SentencePiece model"):
         online_word_kd_loss(cfg, run, run / "teacher")
+
+
+def test_topk_store_with_full_k_reproduces_online_kd_and_resumes(teacher_run, tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from nmt_kd.dataset import encode_pairs, make_batch
+    from nmt_kd.losses import word_kd_loss
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.topk import TopKStore, compute_topk_store
+
+    run, _ = clone(teacher_run, tmp_path)
+    teacher, tok, _ = load_model_dir(run / "teacher")
+    src, tgt = read_lines(run / "data/train.src")[:300], read_lines(run / "data/train.tgt")[:300]
+    pairs = encode_pairs(tok, src, tgt, 32)
+    V = tok.vocab_size
+    store = compute_topk_store(teacher, pairs, tmp_path / "topk", V, 2.0, shard_size=128, log=quiet)
+    assert store.count == len(pairs) and store.k == V
+    idx = np.array([3, 150, len(pairs) - 1])
+    (s, ti), to = make_batch(pairs, idx)
+    ids, logp = store.batch(idx, to.shape[1])
+    student_logits = tf.random.stateless_normal(to.shape + (V,), seed=[1, 2])
+    online, _ = word_kd_loss(student_logits, to, 0.5, 2.0, 0.1, teacher_logits=teacher((s, ti)))
+    offline, _ = word_kd_loss(student_logits, to, 0.5, 2.0, 0.1, topk=(ids, logp))
+    assert float(offline) == pytest.approx(float(online), rel=2e-3)  # float16 storage
+    # a killed build: the index and one shard are gone; only that shard is recomputed
+    import shutil as _sh
+
+    (tmp_path / "topk/index.json").unlink()
+    _sh.rmtree(tmp_path / "topk/shard-00001")
+    kept = (tmp_path / "topk/shard-00000/ids.npy").stat().st_mtime_ns
+    logs = []
+    compute_topk_store(teacher, pairs, tmp_path / "topk", V, 2.0, shard_size=128, log=logs.append)
+    n_shards, second = -(-len(pairs) // 128), min(128, len(pairs) - 128)
+    assert [m for m in logs if "stored" in m] == [f"top-k: shard 2/{n_shards} ({second} examples) stored"]
+    assert (tmp_path / "topk/shard-00000/ids.npy").stat().st_mtime_ns == kept
+    np.testing.assert_array_equal(TopKStore(tmp_path / "topk").batch(idx, to.shape[1])[0], ids)
+
+
+@pytest.mark.parametrize("arch, kd, mode", [
+    ("student_rnn", "word", "online"), ("student_cnn", "seq+word", "offline"),
+    ("student_rnn", "seq", "online"),
+])
+def test_students_train_with_each_kd_mode(teacher_run, tmp_path, arch, kd, mode):
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.train import train_model
+
+    run, tree = clone(teacher_run, tmp_path)
+    # an undertrained teacher may emit up to decode.max_len_cap (32) pieces: make room for them
+    tree["train"].update(max_steps=6, eval_every=0, max_len=40)
+    tree["distill"].update(teacher_mode=mode, top_k=5)
+    cfg = config_from_dict(tree)
+    if kd.startswith("seq"):
+        with pytest.raises(UserError, match="run `nmt-kd distill` first"):
+            train_model(cfg, run, arch, kd=kd, log=quiet)
+        distill_corpus(cfg, run, log=quiet)
+    r = train_model(cfg, run, arch, name=f"{arch}_{kd}", kd=kd, log=quiet)
+    assert r.steps == 6
+    model, tok, meta = load_model_dir(run / f"{arch}_{kd}")
+    assert meta["kd"] == kd and meta["model_type"] == arch
+    assert type(model).__name__ == {"student_rnn": "RNNStudent", "student_cnn": "CNNStudent"}[arch]
+    if mode == "offline":
+        assert list((run / "distill").glob("topk_distill_k5_T1/index.json"))
