@@ -60,19 +60,10 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    cfg = _load(args)
-    run_dir = _run_dir(args, cfg)
-    from nmt_kd.data.prepare import prepare_data
-    from nmt_kd.tokenizer import build_vocab
+    from nmt_kd.pipeline import run_pipeline
 
-    print(f"== prepare ({cfg.data.source}) -> {run_dir / 'data'}", flush=True)
-    prepare_data(cfg, run_dir)
-    print(f"== vocab -> {run_dir / 'vocab'}", flush=True)
-    build_vocab(cfg.vocab, run_dir)
-    print(
-        "The teacher, distillation, student and report stages arrive with the pipeline issue; "
-        "this run prepared the corpus and the joint tokenizer.", flush=True,
-    )
+    cfg = _load(args)
+    run_pipeline(cfg, _run_dir(args, cfg), until=args.until, force=tuple(args.force))
     return 0
 
 
@@ -197,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="run an experiment's stages from one YAML file")
     _add_config_args(p, required=True)
     p.add_argument("--run-dir", help="output directory (default: pipeline.run_dir)")
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage group "
+                   "(prepare, vocab, teacher, distill, students, evaluate, report)")
+    p.add_argument("--force", metavar="STAGE", action="append", default=[],
+                   help="re-run this stage group even if unchanged (repeatable)")
     p.set_defaults(func=cmd_pipeline)
     return parser
 

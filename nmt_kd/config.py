@@ -244,10 +244,13 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """All sections. `train` configures the teacher's training, `student_train` the students'."""
+
     data: DataConfig = field(default_factory=DataConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the teacher's training
+    student_train: TrainConfig = field(default_factory=TrainConfig)  # every student's training
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

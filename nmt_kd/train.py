@@ -52,6 +52,11 @@ class InverseSqrtSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup": self.warmup}
 
 
+def train_section(cfg: Config, arch: str):
+    """The teacher trains with `train`, every student with `student_train`."""
+    return cfg.train if arch == "teacher" else cfg.student_train
+
+
 def set_precision(precision: str) -> None:
     policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
     keras.mixed_precision.set_global_policy(policy)
@@ -142,7 +147,7 @@ def online_word_kd_loss(cfg: Config, run_dir: str | Path, teacher_dir: str | Pat
     from nmt_kd.losses import word_kd_loss
 
     teacher = load_kd_teacher(run_dir, teacher_dir)
-    dc, eps = cfg.distill, cfg.train.label_smoothing
+    dc, eps = cfg.distill, cfg.student_train.label_smoothing
 
     def loss(logits, tgt_out, src, tgt_in):
         teacher_logits = tf.stop_gradient(teacher((src, tgt_in), training=False))
@@ -156,7 +161,7 @@ def topk_word_kd_loss(cfg: Config):
     """Word-level KD against stored top-k teacher distributions (extra step inputs)."""
     from nmt_kd.losses import word_kd_loss
 
-    dc, eps = cfg.distill, cfg.train.label_smoothing
+    dc, eps = cfg.distill, cfg.student_train.label_smoothing
 
     def loss(logits, tgt_out, src, tgt_in, topk_ids, topk_logp):
         return word_kd_loss(logits, tgt_out, dc.alpha, dc.temperature, eps,
@@ -225,7 +230,7 @@ def train_model(
     run_dir = Path(run_dir)
     name = name or arch
     out = run_dir / name
-    tc = cfg.train
+    tc = train_section(cfg, arch)
     tokenizer = Tokenizer(run_dir / "vocab" / "spm.model")
     set_precision(tc.precision)
     keras.utils.set_random_seed(tc.seed)

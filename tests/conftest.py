@@ -74,6 +74,7 @@ TINY_OVERRIDES = {
               "learning_rate": 0.003},
     "decode": {"max_len_cap": 32, "batch_size": 16, "beam": 2},
 }
+TINY_OVERRIDES["student_train"] = dict(TINY_OVERRIDES["train"])
 
 
 @pytest.fixture(scope="session")

@@ -217,7 +217,7 @@ def test_students_train_with_each_kd_mode(teacher_run, tmp_path, arch, kd, mode)
 
     run, tree = clone(teacher_run, tmp_path)
     # an undertrained teacher may emit up to decode.max_len_cap (32) pieces: make room for them
-    tree["train"].update(max_steps=6, eval_every=0, max_len=40)
+    tree["student_train"].update(max_steps=6, eval_every=0, max_len=40)
     tree["distill"].update(teacher_mode=mode, top_k=5)
     cfg = config_from_dict(tree)
     if kd.startswith("seq"):

@@ -1,0 +1,194 @@
+"""One experiment from one YAML file: prepare -> vocab -> teacher -> distill -> students
+-> evaluate -> report, each stage reading and writing only files in the run directory.
+
+Each stage records in its `done.json` a hash of the config sections it depends on and of the
+files it reads. A stage whose hash is unchanged is skipped with a one-line message, so a
+killed or finished pipeline re-run does only what is left. A training stage that was killed
+resumes from its last checkpoint when its hash is the one it started with (`started.json`);
+when its config or inputs changed, its old output is removed and it starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nmt_kd.config import Config, config_to_dict, expand_path, save_config
+from nmt_kd.errors import UserError
+from nmt_kd.fileio import read_json, sha256_file, write_json
+
+STAGES = ("prepare", "vocab", "teacher", "distill", "students", "evaluate", "report")
+
+
+@dataclass
+class Stage:
+    name: str  # unique, e.g. "student rnn_seq"
+    group: str  # one of STAGES, for --until and --force
+    out_dir: Path
+    config: dict  # the config values this stage depends on
+    inputs: list[Path] = field(default_factory=list)  # files it reads (made by earlier stages)
+    run: Callable[[], None] = lambda: None
+    resumable: bool = False  # keeps its partial output when killed (training, distillation)
+
+
+def _hash_inputs(paths: list[Path]) -> dict[str, str]:
+    out = {}
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"stage input {p} is missing; an earlier stage did not complete")
+        out[str(p)] = sha256_file(p)
+    return out
+
+
+def stage_hash(stage: Stage) -> str:
+    blob = json.dumps({"config": stage.config, "inputs": _hash_inputs(stage.inputs)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
+    return [run / "data" / f"{s}.{side}" for s in splits for side in ("src", "tgt")]
+
+
+def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Stage]:
+    from nmt_kd.data.prepare import prepare_data
+    from nmt_kd.distill import distill_corpus
+    from nmt_kd.tokenizer import build_vocab
+    from nmt_kd.train import train_model
+
+    c = config_to_dict(cfg)
+    spm = run / "vocab" / "spm.model"
+    teacher_model = run / "teacher" / "model.keras"
+    d = cfg.data
+    corpus = [d.train_src, d.train_tgt, d.valid_src, d.valid_tgt, d.test_src, d.test_tgt] \
+        if d.source == "files" else [d.path] if d.source in ("tsv", "jsonl") else []
+    stages = [
+        Stage("prepare", "prepare", run / "data", {"data": c["data"]},
+              [Path(expand_path(p)) for p in corpus if p],
+              run=lambda: prepare_data(cfg, run, log=log)),
+        Stage("vocab", "vocab", run / "vocab", {"vocab": c["vocab"]},
+              _data_files(run, ("train",)), run=lambda: build_vocab(cfg.vocab, run, log=log)),
+        Stage("teacher", "teacher", run / "teacher",
+              {"model": {"teacher": c["model"]["teacher"], "max_positions": c["model"]["max_positions"]},
+               "train": c["train"], "decode": c["decode"]},
+              _data_files(run, ("train", "valid")) + [spm],
+              run=lambda: train_model(cfg, run, "teacher", resume=True, log=log), resumable=True),
+    ]
+    students = cfg.pipeline.students
+    if any(s.kd.startswith("seq") for s in students):
+        stages.append(Stage(
+            "distill", "distill", run / "distill", {"distill": c["distill"], "decode": c["decode"]},
+            _data_files(run, ("train",)) + [teacher_model],
+            run=lambda: distill_corpus(cfg, run, log=log), resumable=True))
+    for spec in students:
+        inputs = _data_files(run, ("train", "valid")) + [spm]
+        if spec.kd.startswith("seq"):
+            inputs += [run / "distill" / "train.src", run / "distill" / "train.tgt"]
+        if spec.kd in ("word", "seq+word"):
+            inputs.append(teacher_model)
+        stages.append(Stage(
+            f"student {spec.name}", "students", run / spec.name,
+            {"spec": config_to_dict(spec), "model": c["model"][spec.arch],
+             "max_positions": c["model"]["max_positions"], "train": c["student_train"],
+             "distill": c["distill"] if spec.kd != "none" else None, "decode": c["decode"]},
+            inputs,
+            run=lambda spec=spec: train_model(cfg, run, spec.arch, name=spec.name, kd=spec.kd,
+                                              resume=True, log=log),
+            resumable=True))
+    for name in ["teacher"] + [s.name for s in students]:
+        stages.append(Stage(
+            f"evaluate {name}", "evaluate", run / "eval" / name,
+            {"eval": c["eval"], "decode": c["decode"], "test_set": c["data"]["test_set_name"]},
+            [run / name / "model.keras", run / name / "spm.model"] + _data_files(run, ("test",)),
+            run=lambda name=name: evaluate_all(cfg, run, name, log)))
+    stages.append(Stage(
+        "report", "report", run / "report", {"eval": c["eval"]},
+        [run / "eval" / name / "done.json" for name in ["teacher"] + [s.name for s in students]],
+        run=lambda: write_summary(cfg, run, log)))
+    return stages
+
+
+def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) -> list[dict]:
+    """Every (beam, batch size) of `eval` for one model; one metrics JSON each."""
+    from nmt_kd.evaluate import evaluate_model
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.translate import Translator
+
+    model, tokenizer, _ = load_model_dir(run / name)
+    translator = Translator(model, tokenizer, cfg.decode)
+    rows = []
+    for beam in cfg.eval.beams:
+        for bs in cfg.eval.batch_sizes:
+            # batch 1 is slow to time on a whole test set: time a prefix, score everything
+            speed_n = cfg.eval.speed_sentences if bs == 1 else 0
+            rows.append(evaluate_model(
+                run / name, run / "data" / "test.src", run / "data" / "test.tgt", beam=beam,
+                batch_size=bs, test_set=cfg.data.test_set_name,
+                out_json=run / "eval" / name / f"beam{beam}.bs{bs}.json",
+                speed_sentences=speed_n, translator=translator, log=log))
+    return rows
+
+
+def write_summary(cfg: Config, run: Path, log: Callable[[str], None]) -> Path:
+    """All evaluation rows in RUN/report/metrics.json and a side-by-side table in report.md."""
+    rows = []
+    for f in sorted((run / "eval").glob("*/beam*.json")):
+        rows.append(read_json(f))
+    out = run / "report"
+    write_json(out / "metrics.json", rows)
+    teacher_beam = {r["batch_size"]: r for r in rows
+                    if r["model_type"] == "teacher" and r["beam"] == max(cfg.eval.beams)}
+    lines = ["| model | kd | beam | batch | BLEU | chrF | TER | params | sent/s | speed-up vs teacher beam |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = teacher_beam.get(r["batch_size"])
+        speedup = f"{r['sentences_per_second'] / ref['sentences_per_second']:.1f}x" if ref else "-"
+        lines.append(f"| {Path(r['model']).name} | {r['kd']} | {r['beam']} | {r['batch_size']} | "
+                     f"{r['bleu']:.2f} | {r['chrf']:.2f} | {r['ter']:.2f} | {r['params']:,} | "
+                     f"{r['sentences_per_second']:.1f} | {speedup} |")
+    sig = rows[0]["bleu_signature"] if rows else ""
+    text = (f"# {cfg.pipeline.name}\n\nTest set: {cfg.data.test_set_name or 'test split'}; "
+            f"BLEU signature: `{sig}`\n\n" + "\n".join(lines) + "\n")
+    from nmt_kd.fileio import atomic_open
+
+    with atomic_open(out / "report.md") as f:
+        f.write(text)
+    log(text)
+    return out / "report.md"
+
+
+def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
+                 force: tuple[str, ...] = (), log: Callable[[str], None] = print) -> list[str]:
+    """Run every stage that is not done; returns the names of the stages that ran."""
+    run = Path(run_dir)
+    for name in (until, *force):
+        if name is not None and name not in STAGES:
+            raise UserError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    save_config(cfg, run / "config.yaml")
+    ran = []
+    for stage in build_stages(cfg, run, log):
+        if until and STAGES.index(stage.group) > STAGES.index(until):
+            break
+        fingerprint = stage_hash(stage)
+        done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
+        if stage.group not in force and done_file.is_file() and read_json(done_file).get("hash") == fingerprint:
+            log(f"== {stage.name}: unchanged since {read_json(done_file).get('finished')}, skipped")
+            continue
+        stale = done_file.is_file() or (started_file.is_file() and read_json(started_file).get("hash") != fingerprint)
+        if (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():
+            log(f"== {stage.name}: config or inputs changed; starting it over")
+            shutil.rmtree(stage.out_dir)
+        done_file.unlink(missing_ok=True)
+        write_json(started_file, {"hash": fingerprint})
+        log(f"== {stage.name}")
+        t0 = time.time()
+        stage.run()
+        write_json(done_file, {"stage": stage.name, "hash": fingerprint,
+                               "seconds": round(time.time() - t0, 1),
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        ran.append(stage.name)
+    return ran

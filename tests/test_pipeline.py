@@ -1,0 +1,69 @@
+import copy
+import json
+import shutil
+
+import pytest
+
+from nmt_kd.config import config_from_dict
+from nmt_kd.errors import UserError
+from nmt_kd.pipeline import run_pipeline
+
+quiet = lambda _m: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def pipeline_tree(tiny_run):
+    _, tree = tiny_run
+    tree = copy.deepcopy(tree)
+    tree["train"].update(max_steps=150, eval_every=0)
+    tree["student_train"].update(max_steps=8, eval_every=0, max_len=40)
+    tree["distill"] = {"shard_size": 256, "beam": 2}
+    tree["eval"] = {"beams": [1, 2], "batch_sizes": [1, 8], "speed_sentences": 5}
+    tree["pipeline"] = {"name": "tiny", "students": [
+        {"name": "rnn_seq", "arch": "student_rnn", "kd": "seq"},
+        {"name": "cnn_none", "arch": "student_cnn", "kd": "none"}]}
+    return tree
+
+
+def test_pipeline_runs_skips_and_reruns_only_what_changed(pipeline_tree, tmp_path):
+    run = tmp_path / "run"
+    ran = run_pipeline(config_from_dict(pipeline_tree), run, log=quiet)
+    assert ran == ["prepare", "vocab", "teacher", "distill", "student rnn_seq", "student cnn_none",
+                   "evaluate teacher", "evaluate rnn_seq", "evaluate cnn_none", "report"]
+    rows = json.loads((run / "report/metrics.json").read_text())
+    assert len(rows) == 3 * 2 * 2
+    assert {r["kd"] for r in rows} == {"none", "seq"}
+    assert "| rnn_seq | seq |" in (run / "report/report.md").read_text()
+    # nothing changed: everything is skipped
+    logs = []
+    assert run_pipeline(config_from_dict(pipeline_tree), run, log=logs.append) == []
+    assert sum("skipped" in m for m in logs) == 10
+    # a student-only change re-runs that student, its evaluation and the report
+    tree = copy.deepcopy(pipeline_tree)
+    tree["model"]["student_cnn"]["kernel_size"] = 5
+    assert run_pipeline(config_from_dict(tree), run, log=quiet) == [
+        "student cnn_none", "evaluate cnn_none", "report"]
+    assert "kernel_size: 5" in (run / "cnn_none/config.yaml").read_text()
+
+
+def test_until_and_force(pipeline_tree, tmp_path):
+    run = tmp_path / "run"
+    assert run_pipeline(config_from_dict(pipeline_tree), run, until="vocab", log=quiet) == ["prepare", "vocab"]
+    assert not (run / "teacher").exists()
+    assert run_pipeline(config_from_dict(pipeline_tree), run, until="vocab", force=("vocab",),
+                        log=quiet) == ["vocab"]
+    with pytest.raises(UserError, match="unknown stage 'techer'"):
+        run_pipeline(config_from_dict(pipeline_tree), run, until="techer", log=quiet)
+
+
+def test_changed_teacher_config_restarts_training_instead_of_resuming(pipeline_tree, tmp_path):
+    run = tmp_path / "run"
+    tree = copy.deepcopy(pipeline_tree)
+    tree["train"]["max_steps"] = 6
+    run_pipeline(config_from_dict(tree), run, until="teacher", log=quiet)
+    tree["model"]["teacher"]["ff_dim"] = 48
+    logs = []
+    run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append)
+    assert any("starting it over" in m for m in logs)
+    assert json.loads((run / "teacher/model.json").read_text())["steps"] == 6
+    shutil.rmtree(run)
