@@ -136,3 +136,31 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_run, tmp_path):
     logits = model((src, np.array([[2, 5, 6]], np.int32)), training=False)
     assert np.isfinite(logits.numpy()).all()
     assert math.isfinite(meta["train_seconds"])
+
+
+def test_early_stopping_on_validation_loss(tiny_run, tmp_path):
+    run, tree = fresh_run(tiny_run, tmp_path)
+    # a learning rate of zero can never improve the first validation loss
+    tree["train"].update(max_steps=50, eval_every=4, early_stop_metric="loss", patience=2,
+                         learning_rate=0.0)
+    r = train_model(config_from_dict(tree), run, "teacher", log=quiet)
+    assert r.stopped_because == "early_stop" and r.steps == 12
+    assert [h["step"] for h in r.history] == [4, 8, 12]
+
+
+def test_final_model_is_the_average_of_the_last_checkpoints(tiny_run, tmp_path):
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=9, eval_every=0, checkpoint_every=3, keep_checkpoints=3,
+                         average_last=2)
+    train_model(config_from_dict(tree), run, "teacher", log=quiet)
+    model, _, meta = load_model_dir(run / "teacher")
+    assert meta["final_weights"] == "average of last 2 checkpoints"
+    ckpts = sorted((run / "teacher/checkpoints").glob("ckpt-*.index"))
+    assert [p.name for p in ckpts] == ["ckpt-3.index", "ckpt-6.index", "ckpt-9.index"]
+    emb = [v for v in model.weights if len(v.shape) == 2 and v.shape[0] == model.get_config()["vocab_size"]]
+    assert len(emb) == 1
+    readers = [tf.train.load_checkpoint(str(run / f"teacher/checkpoints/ckpt-{s}")) for s in (6, 9)]
+    key = next(k for k, shape in readers[0].get_variable_to_shape_map().items()
+               if k.startswith("model/") and list(shape) == list(emb[0].shape) and "optimizer" not in k)
+    expected = (readers[0].get_tensor(key) + readers[1].get_tensor(key)) / 2
+    np.testing.assert_allclose(emb[0].numpy(), expected, rtol=1e-6, atol=1e-7)
