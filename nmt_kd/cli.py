@@ -129,6 +129,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from nmt_kd.report import build_report
+
+    build_report(args.run_dir, title=args.title or f"{Path(args.run_dir).name}: teacher and students",
+                 bootstrap=args.bootstrap)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmt-kd",
@@ -193,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", metavar="STAGE", action="append", default=[],
                    help="re-run this stage group even if unchanged (repeatable)")
     p.set_defaults(func=cmd_pipeline)
+    p = sub.add_parser("report", help="rebuild RUN/report from the evaluation files (no decoding)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--title")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no test)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -57,6 +57,7 @@ def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
 def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Stage]:
     from nmt_kd.data.prepare import prepare_data
     from nmt_kd.distill import distill_corpus
+    from nmt_kd.report import build_report
     from nmt_kd.tokenizer import build_vocab
     from nmt_kd.train import train_model
 
@@ -108,7 +109,8 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
     stages.append(Stage(
         "report", "report", run / "report", {"eval": c["eval"]},
         [run / "eval" / name / "done.json" for name in ["teacher"] + [s.name for s in students]],
-        run=lambda: write_summary(cfg, run, log)))
+        run=lambda: build_report(run, title=f"{cfg.pipeline.name}: teacher and students",
+                                 bootstrap=cfg.eval.bootstrap_resamples, log=log)))
     return stages
 
 
@@ -131,34 +133,6 @@ def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) 
                 out_json=run / "eval" / name / f"beam{beam}.bs{bs}.json",
                 speed_sentences=speed_n, translator=translator, log=log))
     return rows
-
-
-def write_summary(cfg: Config, run: Path, log: Callable[[str], None]) -> Path:
-    """All evaluation rows in RUN/report/metrics.json and a side-by-side table in report.md."""
-    rows = []
-    for f in sorted((run / "eval").glob("*/beam*.json")):
-        rows.append(read_json(f))
-    out = run / "report"
-    write_json(out / "metrics.json", rows)
-    teacher_beam = {r["batch_size"]: r for r in rows
-                    if r["model_type"] == "teacher" and r["beam"] == max(cfg.eval.beams)}
-    lines = ["| model | kd | beam | batch | BLEU | chrF | TER | params | sent/s | speed-up vs teacher beam |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ref = teacher_beam.get(r["batch_size"])
-        speedup = f"{r['sentences_per_second'] / ref['sentences_per_second']:.1f}x" if ref else "-"
-        lines.append(f"| {Path(r['model']).name} | {r['kd']} | {r['beam']} | {r['batch_size']} | "
-                     f"{r['bleu']:.2f} | {r['chrf']:.2f} | {r['ter']:.2f} | {r['params']:,} | "
-                     f"{r['sentences_per_second']:.1f} | {speedup} |")
-    sig = rows[0]["bleu_signature"] if rows else ""
-    text = (f"# {cfg.pipeline.name}\n\nTest set: {cfg.data.test_set_name or 'test split'}; "
-            f"BLEU signature: `{sig}`\n\n" + "\n".join(lines) + "\n")
-    from nmt_kd.fileio import atomic_open
-
-    with atomic_open(out / "report.md") as f:
-        f.write(text)
-    log(text)
-    return out / "report.md"
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,

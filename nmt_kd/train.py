@@ -333,6 +333,7 @@ def train_model(
     t_start = time.perf_counter()
     window_tokens, window_t0, window_loss, window_n = 0.0, time.perf_counter(), 0.0, 0
     skipped_nan = 0
+    recent_train_loss: float | None = None
     stopped = "finished"
     step = int(optimizer.iterations.numpy())
     higher_better = tc.early_stop_metric == "bleu"
@@ -349,6 +350,8 @@ def train_model(
         vl = valid_loss()
         record = {"step": step, "epoch": int(epoch_var.numpy()), "valid_loss": round(vl, 4),
                   "elapsed_s": round(elapsed(), 1)}
+        if recent_train_loss is not None:
+            record["train_loss"] = round(recent_train_loss, 4)
         if tc.early_stop_metric == "bleu":
             record["valid_bleu"] = round(valid_bleu(), 2)
         metric = record["valid_bleu"] if higher_better else vl
@@ -414,6 +417,7 @@ def train_model(
                 tok_s = window_tokens / max(now - window_t0, 1e-9)
                 lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else tc.learning_rate
                 info = {"epoch": epoch, "loss": window_loss / window_n, "lr": lr, "tok_s": tok_s}
+                recent_train_loss = info["loss"]
                 progress.update(step, info, elapsed())
                 if step % tc.log_every == 0:
                     with writer.as_default(step=step):

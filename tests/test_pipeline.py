@@ -30,7 +30,7 @@ def test_pipeline_runs_skips_and_reruns_only_what_changed(pipeline_tree, tmp_pat
     ran = run_pipeline(config_from_dict(pipeline_tree), run, log=quiet)
     assert ran == ["prepare", "vocab", "teacher", "distill", "student rnn_seq", "student cnn_none",
                    "evaluate teacher", "evaluate rnn_seq", "evaluate cnn_none", "report"]
-    rows = json.loads((run / "report/metrics.json").read_text())
+    rows = json.loads((run / "report/metrics.json").read_text())["rows"]
     assert len(rows) == 3 * 2 * 2
     assert {r["kd"] for r in rows} == {"none", "seq"}
     assert "| rnn_seq | seq |" in (run / "report/report.md").read_text()

@@ -1,0 +1,73 @@
+import json
+import random
+
+import pytest
+from conftest import toy_pairs
+
+from nmt_kd.fileio import write_json, write_lines
+from nmt_kd.report import build_report, summarize
+
+
+def fake_run(tmp_path):
+    """A run directory with test data and evaluation files, as the evaluate stage writes them."""
+    run = tmp_path / "run"
+    pairs = toy_pairs(60, seed=3, max_words=25)
+    write_lines(run / "data/test.src", [s for s, _ in pairs])
+    write_lines(run / "data/test.tgt", [t for _, t in pairs])
+    rng = random.Random(0)
+
+    def noisy(t, p):  # a system that drops words with probability p
+        return " ".join(w for w in t.split() if rng.random() > p)
+
+    systems = {"teacher": ("teacher", "none", 0.05, 10.0), "rnn_seq": ("student_rnn", "seq", 0.15, 60.0),
+               "rnn_none": ("student_rnn", "none", 0.4, 60.0)}
+    for name, (mtype, kd, p, speed) in systems.items():
+        hyps = [noisy(t, p) for _, t in pairs]
+        for beam in (1, 4):
+            for bs in (1, 8):
+                from nmt_kd.evaluate import score
+
+                row = {"model": f"{run}/{name}", "model_type": mtype, "kd": kd, "params": 1000,
+                       "size_bytes": 2**20, "test_set": "toy/test", "n_sentences": 60, "beam": beam,
+                       "batch_size": bs, **score(hyps, [t for _, t in pairs]),
+                       "sentences_per_second": speed * bs / beam, "tokens_per_second": speed * 10,
+                       "machine": {"cpu": "test cpu"}}
+                write_json(run / f"eval/{name}/beam{beam}.bs{bs}.json", row)
+                write_lines(run / f"eval/{name}/beam{beam}.bs{bs}.hyp.txt", hyps)
+        write_json(run / f"{name}/train_history.json",
+                   {"evals": [{"step": 10, "valid_loss": 3.0, "train_loss": 3.5, "valid_bleu": 5.0},
+                              {"step": 20, "valid_loss": 2.0, "train_loss": 2.5, "valid_bleu": 9.0}]})
+    return run
+
+
+def test_report_tables_ratios_significance_and_self_contained_html(tmp_path):
+    run = fake_run(tmp_path)
+    build_report(run, title="toy", bootstrap=100, log=lambda _m: None)
+    metrics = json.loads((run / "report/metrics.json").read_text())
+    summary = {s["name"]: s for s in metrics["summary"]}
+    assert set(summary) == {"teacher", "rnn_seq", "rnn_none"}
+    t, s = summary["teacher"], summary["rnn_seq"]
+    # speed-up: student greedy sent/s over teacher beam-4 sent/s at the same batch size
+    assert s["speedup_bs8"] == pytest.approx((60.0 * 8 / 1) / (10.0 * 8 / 4), rel=1e-6)
+    assert s["speedup_bs1"] == pytest.approx(60.0 / (10.0 / 4), rel=1e-6)
+    assert s["bleu_retained_pct"] == pytest.approx(100 * s["bleu_greedy"] / t["bleu_beam"], abs=0.06)
+    assert summary["rnn_none"]["bleu_greedy"] < s["bleu_greedy"] < t["bleu_greedy"]
+    sig = {(x["system"], x["against"]): x for x in metrics["significance"]}
+    assert set(sig) == {("rnn_seq", "teacher"), ("rnn_seq", "rnn_none"), ("rnn_none", "teacher")}
+    assert sig[("rnn_seq", "rnn_none")]["p_value"] < 0.05  # 15% vs 40% dropped words
+    assert "bs:100" in sig[("rnn_seq", "teacher")]["signature"]
+    md = (run / "report/report.md").read_text()
+    assert "| rnn_seq | seq |" in md and "nrefs:1" in md and "## Examples" in md
+    for png in ("bleu_vs_speed.png", "training_curves.png", "bleu_by_length.png"):
+        assert (run / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (run / "report/report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
+    assert len(metrics["bleu_by_length"]["teacher"]) == 4
+
+
+def test_summary_without_teacher_rows_has_no_ratios(tmp_path):
+    run = fake_run(tmp_path)
+    from nmt_kd.report import load_rows
+
+    rows = [r for r in load_rows(run) if r["name"] != "teacher"]
+    assert all("speedup_bs8" not in s and s.get("bleu_retained_pct") is None for s in summarize(rows))
