@@ -7,6 +7,7 @@ with exit code 2; any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -219,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"nmt-kd: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = f" while writing {e.filename}" if e.filename else ""
+        print(f"nmt-kd: error: no space left on the device{where}; files from earlier stages "
+              "are intact (outputs are written to temporary files and renamed when complete)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nmt-kd: interrupted", file=sys.stderr)

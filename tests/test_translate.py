@@ -108,3 +108,32 @@ def test_cli_translate_stdin_and_evaluate(tiny_teacher, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert REQUIRED <= set(json.loads(Path(out).read_text()))
     assert "BLEU" in r.stdout and "nrefs:1" in r.stdout
+
+
+def test_a_model_file_with_a_lambda_layer_is_refused(tiny_teacher, tmp_path):
+    import keras
+
+    marker = tmp_path / "executed"
+    inp = keras.Input((3,))
+    out = keras.layers.Lambda(lambda x: x * 2)(inp)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    keras.Model(inp, out).save(evil / "model.keras")
+    shutil.copy(tiny_teacher / "teacher/spm.model", evil / "spm.model")
+    with pytest.raises(UserError, match="cannot load the model"):
+        load_model_dir(evil)
+    assert not marker.exists()
+
+
+def test_disk_full_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    import errno
+
+    from nmt_kd import cli
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out.txt"))
+
+    monkeypatch.setattr(cli, "cmd_prepare", full)
+    assert cli.main(["prepare", "--src", "a", "--tgt", "b"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing" in err and "intact" in err
