@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from seq2seq_harness import greedy_eager, teacher_forced
 
 from nmt_kd import BOS_ID, EOS_ID, PAD_ID
 from nmt_kd.decoding import greedy_search
@@ -52,25 +53,6 @@ def model() -> CNNStudent:
 @pytest.fixture(scope="module")
 def model_k5() -> CNNStudent:
     return make_model(seed=1, kernel_size=5)
-
-
-def greedy_eager(model: CNNStudent, src: np.ndarray, steps: int):
-    """Greedy decoding with a plain Python loop; returns (tokens [B,steps], logits [B,steps,V])."""
-    state = model.init_decode_state(model.encode(tf.constant(src)), steps)
-    token = tf.fill([src.shape[0]], BOS_ID)
-    tokens, logits = [], []
-    for step in range(steps):
-        step_logits, state = model.decode_step(token, tf.constant(step), state)
-        token = tf.argmax(step_logits, axis=-1, output_type=tf.int32)
-        tokens.append(token.numpy())
-        logits.append(step_logits.numpy())
-    return np.stack(tokens, axis=1), np.stack(logits, axis=1)
-
-
-def teacher_forced(model: CNNStudent, src: np.ndarray, generated: np.ndarray) -> np.ndarray:
-    bos = np.full((generated.shape[0], 1), BOS_ID, np.int32)
-    tgt_in = np.concatenate([bos, generated[:, :-1]], axis=1)
-    return model((tf.constant(src), tf.constant(tgt_in))).numpy()
 
 
 def expected_params(kernel_size: int = K) -> int:

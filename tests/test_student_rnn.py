@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from seq2seq_harness import greedy_eager, teacher_forced
 
 from nmt_kd import BOS_ID, PAD_ID
 from nmt_kd.decoding import greedy_search
@@ -48,25 +49,6 @@ def get_model(cell: str, attention: str) -> RNNStudent:
         _MODELS[key] = make_model(cell, attention, seed=len(_MODELS),
                                   encoder_layers=2, decoder_layers=2)
     return _MODELS[key]
-
-
-def greedy_eager(model: RNNStudent, src: np.ndarray, steps: int):
-    """Greedy decoding with a plain Python loop; returns (tokens [B,steps], logits [B,steps,V])."""
-    state = model.init_decode_state(model.encode(tf.constant(src)), MAX_LEN)
-    token = tf.fill([src.shape[0]], BOS_ID)
-    tokens, logits = [], []
-    for step in range(steps):
-        step_logits, state = model.decode_step(token, tf.constant(step), state)
-        token = tf.argmax(step_logits, axis=-1, output_type=tf.int32)
-        tokens.append(token.numpy())
-        logits.append(step_logits.numpy())
-    return np.stack(tokens, axis=1), np.stack(logits, axis=1)
-
-
-def teacher_forced(model: RNNStudent, src: np.ndarray, generated: np.ndarray) -> np.ndarray:
-    bos = np.full((generated.shape[0], 1), BOS_ID, np.int32)
-    tgt_in = np.concatenate([bos, generated[:, :-1]], axis=1)
-    return model((tf.constant(src), tf.constant(tgt_in))).numpy()
 
 
 def expected_params(cell: str, attention: str, enc: int, dec: int) -> int:
@@ -134,7 +116,7 @@ def test_source_padding_invariance(cell, attention):
 @pytest.mark.parametrize("cell,attention", COMBOS)
 def test_guard_greedy_matches_teacher_forcing(cell, attention):
     model = get_model(cell, attention)
-    tokens, step_logits = greedy_eager(model, SRC, MAX_LEN)
+    tokens, step_logits = greedy_eager(model, SRC, MAX_LEN, max_len=MAX_LEN)
     forced = teacher_forced(model, SRC, tokens)
     np.testing.assert_array_equal(forced.argmax(-1), tokens)
     np.testing.assert_allclose(forced, step_logits, atol=1e-4)
@@ -149,7 +131,7 @@ def test_decode_in_tf_function_matches_eager():
         return greedy_search(model.decode_step, state, tf.shape(src)[0], MAX_LEN, eos_id=-1)
 
     out = greedy(tf.constant(SRC))
-    eager_tokens, eager_logits = greedy_eager(model, SRC, MAX_LEN)
+    eager_tokens, eager_logits = greedy_eager(model, SRC, MAX_LEN, max_len=MAX_LEN)
     np.testing.assert_array_equal(out["ids"].numpy(), eager_tokens)
     log_probs = tf.nn.log_softmax(eager_logits).numpy()
     expected = np.take_along_axis(log_probs, eager_tokens[..., None], -1).sum((1, 2))
@@ -175,7 +157,7 @@ def test_mixed_bfloat16():
     try:
         model = make_model("lstm", "bahdanau", decoder_layers=2)
         assert all(w.dtype == "float32" for w in model.weights)
-        tokens, step_logits = greedy_eager(model, SRC, 3)
+        tokens, step_logits = greedy_eager(model, SRC, 3, max_len=MAX_LEN)
         assert step_logits.dtype == np.float32 and np.isfinite(step_logits).all()
         forced = teacher_forced(model, SRC, tokens)
         assert forced.dtype == np.float32 and np.isfinite(forced).all()

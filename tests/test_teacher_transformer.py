@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from seq2seq_harness import greedy_eager, teacher_forced
 
 from nmt_kd import BOS_ID, PAD_ID
 from nmt_kd.models.teacher_transformer import TransformerTeacher
@@ -53,25 +54,6 @@ def post_norm_model() -> TransformerTeacher:
     return make_model(pre_norm=False, seed=1)
 
 
-def greedy_eager(model: TransformerTeacher, src: np.ndarray, steps: int):
-    """Greedy decoding with a plain Python loop; returns (tokens [B,steps], logits [B,steps,V])."""
-    state = model.init_decode_state(model.encode(tf.constant(src)), MAX_LEN)
-    token = tf.fill([src.shape[0]], BOS_ID)
-    tokens, logits = [], []
-    for step in range(steps):
-        step_logits, state = model.decode_step(token, tf.constant(step), state)
-        token = tf.argmax(step_logits, axis=-1, output_type=tf.int32)
-        tokens.append(token.numpy())
-        logits.append(step_logits.numpy())
-    return np.stack(tokens, axis=1), np.stack(logits, axis=1)
-
-
-def teacher_forced(model: TransformerTeacher, src: np.ndarray, generated: np.ndarray) -> np.ndarray:
-    bos = np.full((generated.shape[0], 1), BOS_ID, np.int32)
-    tgt_in = np.concatenate([bos, generated[:, :-1]], axis=1)
-    return model((tf.constant(src), tf.constant(tgt_in))).numpy()
-
-
 def expected_params(pre_norm: bool, output_bias: bool = True) -> int:
     """Parameter count from the architecture formula (tied embeddings)."""
     embedding = V * D + (V if output_bias else 0)
@@ -110,7 +92,7 @@ def test_shapes_dtypes_and_padding_invariance(model):
 @pytest.mark.parametrize("which", ["model", "post_norm_model"])
 def test_guard_greedy_matches_teacher_forcing(which, request):
     model = request.getfixturevalue(which)
-    tokens, step_logits = greedy_eager(model, SRC, MAX_LEN)
+    tokens, step_logits = greedy_eager(model, SRC, MAX_LEN, max_len=MAX_LEN)
     forced = teacher_forced(model, SRC, tokens)
     np.testing.assert_array_equal(forced.argmax(-1), tokens)
     np.testing.assert_allclose(forced, step_logits, atol=1e-4)
@@ -136,7 +118,7 @@ def test_decode_in_tf_function_while_loop(model):
         _, _, _, out = tf.while_loop(lambda step, *_: step < MAX_LEN, body, loop_vars)
         return tf.transpose(out.stack())
 
-    eager_tokens, _ = greedy_eager(model, SRC, MAX_LEN)
+    eager_tokens, _ = greedy_eager(model, SRC, MAX_LEN, max_len=MAX_LEN)
     np.testing.assert_array_equal(greedy(tf.constant(SRC)).numpy(), eager_tokens)
 
 
@@ -184,7 +166,7 @@ def test_mixed_bfloat16():
     try:
         model = make_model(pre_norm=True)
         assert all(w.dtype == "float32" for w in model.weights)
-        tokens, step_logits = greedy_eager(model, SRC, 3)
+        tokens, step_logits = greedy_eager(model, SRC, 3, max_len=MAX_LEN)
         assert step_logits.dtype == np.float32 and np.isfinite(step_logits).all()
         forced = teacher_forced(model, SRC, tokens)
         assert forced.dtype == np.float32 and np.isfinite(forced).all()
