@@ -78,6 +78,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from nmt_kd.train import average_model_dir
+
+    cfg = _load(args)
+    average_model_dir(cfg, _run_dir(args, cfg), args.name, args.last, args.out_name or f"{args.name}_avg{args.last}")
+    return 0
+
+
 def cmd_distill(args) -> int:
     from nmt_kd.distill import merge_shards, translate_shards
 
@@ -162,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--teacher", help="teacher model directory for word-KD (default: RUN/teacher)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("average", help="average a model's last K checkpoints into a new model directory")
+    _add_config_args(p, required=True)
+    p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
+    p.add_argument("--name", default="teacher", help="model sub-directory (default: teacher)")
+    p.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints")
+    p.add_argument("--out-name", help="output sub-directory (default: NAME_avgK)")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("distill", help="sequence-level KD: the teacher beam-translates the training source")
     _add_config_args(p, required=True)

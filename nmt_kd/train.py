@@ -213,6 +213,54 @@ def make_train_step(model, optimizer, compute_loss, loss_scaling: bool = False,
     return train_step
 
 
+def training_checkpoint(model, optimizer=None, **state) -> tf.train.Checkpoint:
+    """A checkpoint of every model weight, every optimizer variable and the training state.
+
+    Keras 3 models keep sub-layers in plain lists that `tf.train.Checkpoint`'s object graph
+    does not follow, so the variables are listed explicitly (in the model's own stable order);
+    restoring into a model of another architecture fails on the mismatch instead of silently
+    restoring part of it.
+    """
+    objects = {"model_weights": list(model.weights)}
+    if optimizer is not None:
+        objects["optimizer_variables"] = list(optimizer.variables)
+    return tf.train.Checkpoint(**objects, **state)
+
+
+def average_checkpoints(model, paths: list[str]) -> None:
+    """Set `model`'s weights to the mean of its weights in the given checkpoints."""
+    ckpt = training_checkpoint(model)
+    sums = None
+    for p in paths:
+        ckpt.restore(p).expect_partial()
+        w = model.get_weights()
+        sums = w if sums is None else [a + b for a, b in zip(sums, w, strict=True)]
+    model.set_weights([a / len(paths) for a in sums])
+
+
+def average_model_dir(cfg: Config, run_dir: str | Path, name: str, last: int, out_name: str,
+                      log: Callable[[str], None] = print) -> Path:
+    """Average the last `last` checkpoints of RUN/<name> into a new model directory."""
+    from nmt_kd.fileio import read_json
+
+    run_dir = Path(run_dir)
+    src = run_dir / name
+    meta = read_json(src / "model.json")
+    state = tf.train.get_checkpoint_state(str(src / "checkpoints"))
+    paths = list(state.all_model_checkpoint_paths)[-last:] if state else []
+    if len(paths) < 2:
+        raise UserError(f"{src / 'checkpoints'} holds {len(paths)} checkpoint(s); averaging needs two or more")
+    tokenizer = Tokenizer(src / "spm.model")
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model(meta["model_type"], cfg.model, tokenizer.vocab_size)
+    average_checkpoints(model, paths)
+    meta.update(final_weights=f"average of {len(paths)} checkpoints: "
+                + ", ".join(Path(p).name for p in paths), name=out_name)
+    out = save_model_dir(model, run_dir / out_name, tokenizer, meta)
+    log(f"averaged {len(paths)} checkpoints of {src} into {out}")
+    return out
+
+
 def train_model(
     cfg: Config, run_dir: str | Path, arch: str = "teacher", name: str | None = None,
     kd: str = "none", resume: bool = False, log: Callable[[str], None] = print,
@@ -272,7 +320,7 @@ def train_model(
     elapsed_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     best_var = tf.Variable(np.nan, dtype=tf.float64, trainable=False)
     bad_evals_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, batch=batch_var,
+    ckpt = training_checkpoint(model, optimizer, epoch=epoch_var, batch=batch_var,
                                elapsed=elapsed_var, best=best_var, bad_evals=bad_evals_var)
     ckpt_dir = out / "checkpoints"
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=max(tc.keep_checkpoints, 1),
@@ -452,12 +500,7 @@ def train_model(
     final_from = "last"
     if tc.average_last > 1 and len(manager.checkpoints) > 1:
         paths = manager.checkpoints[-tc.average_last:]
-        sums = None
-        for p in paths:
-            ckpt.restore(p).expect_partial()
-            w = model.get_weights()
-            sums = w if sums is None else [a + b for a, b in zip(sums, w, strict=True)]
-        model.set_weights([a / len(paths) for a in sums])
+        average_checkpoints(model, paths)
         final_from = f"average of last {len(paths)} checkpoints"
     elif tc.eval_every and best_manager.latest_checkpoint:
         ckpt.restore(best_manager.latest_checkpoint).expect_partial()

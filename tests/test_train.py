@@ -157,10 +157,67 @@ def test_final_model_is_the_average_of_the_last_checkpoints(tiny_run, tmp_path):
     assert meta["final_weights"] == "average of last 2 checkpoints"
     ckpts = sorted((run / "teacher/checkpoints").glob("ckpt-*.index"))
     assert [p.name for p in ckpts] == ["ckpt-3.index", "ckpt-6.index", "ckpt-9.index"]
-    emb = [v for v in model.weights if len(v.shape) == 2 and v.shape[0] == model.get_config()["vocab_size"]]
-    assert len(emb) == 1
+    vocab = model.get_config()["vocab_size"]
+    emb = [i for i, v in enumerate(model.weights) if len(v.shape) == 2 and v.shape[0] == vocab]
+    assert len(emb) == 1  # the one tied embedding matrix
+    key = f"model_weights/{emb[0]}/.ATTRIBUTES/VARIABLE_VALUE"
     readers = [tf.train.load_checkpoint(str(run / f"teacher/checkpoints/ckpt-{s}")) for s in (6, 9)]
-    key = next(k for k, shape in readers[0].get_variable_to_shape_map().items()
-               if k.startswith("model/") and list(shape) == list(emb[0].shape) and "optimizer" not in k)
     expected = (readers[0].get_tensor(key) + readers[1].get_tensor(key)) / 2
-    np.testing.assert_allclose(emb[0].numpy(), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.weights[emb[0]].numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_average_command_matches_in_training_average(tiny_run, tmp_path):
+    from nmt_kd.train import average_model_dir
+
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=9, eval_every=0, checkpoint_every=3, keep_checkpoints=3,
+                         average_last=3)
+    train_model(config_from_dict(tree), run, "teacher", log=quiet)
+    inside, _, _ = load_model_dir(run / "teacher")
+    out = average_model_dir(config_from_dict(tree), run, "teacher", 3, "teacher_avg", log=quiet)
+    after, _, meta = load_model_dir(out)
+    assert "ckpt-3, ckpt-6, ckpt-9" in meta["final_weights"]
+    for a, b in zip(inside.get_weights(), after.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(UserError, match="averaging needs two or more"):
+        average_model_dir(config_from_dict(tree), run, "teacher", 1, "x", log=quiet)
+
+
+def test_checkpoint_holds_every_weight_and_optimizer_variable(tiny_run, tmp_path):
+    import keras
+
+    from nmt_kd.models.registry import build_model
+    from nmt_kd.train import make_optimizer, training_checkpoint
+
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=5, eval_every=0, checkpoint_every=5)
+    cfg = config_from_dict(tree)
+    train_model(cfg, run, "teacher", log=quiet)
+    saved, tok, _ = load_model_dir(run / "teacher")
+    keras.utils.set_random_seed(123)  # a different initialisation that the restore must overwrite
+    fresh = build_model("teacher", cfg.model, tok.vocab_size)
+    opt = make_optimizer(cfg.train)
+    opt.build(fresh.trainable_variables)
+    status = training_checkpoint(fresh, opt).restore(tf.train.latest_checkpoint(str(run / "teacher/checkpoints")))
+    status.assert_existing_objects_matched()
+    assert int(opt.iterations.numpy()) == 5
+    assert len(fresh.weights) == len(saved.weights) > 10
+    for a, b in zip(fresh.weights, saved.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(float(np.abs(v.numpy()).sum()) > 0 for v in opt.variables if "momentum" in v.path)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_run, tmp_path):
+    run_a, tree = fresh_run(tiny_run, tmp_path / "a")
+    tree["train"].update(max_steps=8, eval_every=0, checkpoint_every=4)
+    train_model(config_from_dict(tree), run_a, "teacher", log=quiet)
+    run_b, _ = fresh_run(tiny_run, tmp_path / "b")
+    tree_b = copy.deepcopy(tree)
+    tree_b["train"]["max_steps"] = 4
+    train_model(config_from_dict(tree_b), run_b, "teacher", log=quiet)
+    (run_b / "teacher/model.keras").unlink()
+    train_model(config_from_dict(tree), run_b, "teacher", resume=True, log=quiet)
+    a, _, _ = load_model_dir(run_a / "teacher")
+    b, _, _ = load_model_dir(run_b / "teacher")
+    for va, vb in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-4, atol=1e-5)
