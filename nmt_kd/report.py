@@ -166,10 +166,11 @@ def _plots(run: Path, summary: list[dict], buckets: dict, out: Path) -> list[Pat
                     [e["valid_bleu"] for e in evals if "valid_bleu" in e], label=line["name"])
     a1.set_xlabel("step")
     a1.set_ylabel("loss")
-    a1.legend(fontsize=7)
     a2.set_xlabel("step")
     a2.set_ylabel("valid BLEU (greedy)")
-    a2.legend(fontsize=7)
+    for axis in (a1, a2):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     fig.suptitle("Training and validation curves")
     paths.append(_save(fig, out / "training_curves.png"))
 
