@@ -29,3 +29,28 @@ def teacher_forced(model, src: np.ndarray, generated: np.ndarray) -> np.ndarray:
     bos = np.full((generated.shape[0], 1), BOS_ID, np.int32)
     tgt_in = np.concatenate([bos, generated[:, :-1]], axis=1)
     return model((tf.constant(src), tf.constant(tgt_in))).numpy()
+
+
+def losses_on_repeated_batch(model, src: np.ndarray, steps: int = 20, learning_rate: float = 3e-3) -> list[float]:
+    """Train on one fixed tiny batch with Adam; returns the loss after each step."""
+    import keras
+
+    from nmt_kd import PAD_ID
+
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    src = tf.constant(src)
+    tgt_out = tf.constant([[7, 8, 9, 3], [10, 11, 3, 0], [12, 3, 0, 0]])
+    tgt_in = tf.concat([tf.fill([3, 1], BOS_ID), tgt_out[:, :-1]], axis=1)
+    weights = tf.cast(tf.not_equal(tgt_out, PAD_ID), tf.float32)
+
+    def train_step() -> float:
+        with tf.GradientTape() as tape:
+            logits = model((src, tgt_in), training=True)
+            loss = loss_fn(tgt_out, logits, sample_weight=weights)
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert all(g is not None for g in grads), "a trainable variable gets no gradient"
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return float(loss)
+
+    return [train_step() for _ in range(steps)]
