@@ -138,6 +138,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from nmt_kd.bench import bench_decoding, speed_ratios
+    from nmt_kd.fileio import write_json
+    from nmt_kd.translate import read_input_lines
+
+    lines = read_input_lines(args.src)[: args.sentences or None]
+    result = bench_decoding(args.models, lines, tuple(args.beams), tuple(args.batch_sizes),
+                            args.repeats, args.batch1_sentences, _decode_config(args))
+    result["ratios_to_first_model"] = speed_ratios(result, str(args.models[0]), max(args.beams))
+    for r in result["ratios_to_first_model"]:
+        print(f"{Path(r['model']).name:>24} beam {r['beam']} batch {r['batch_size']:>3}: "
+              f"{r['ratio']:.2f}x the first model at beam {max(args.beams)}")
+    if args.out:
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from nmt_kd.report import build_report
 
@@ -218,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", metavar="STAGE", action="append", default=[],
                    help="re-run this stage group even if unchanged (repeatable)")
     p.set_defaults(func=cmd_pipeline)
+    p = sub.add_parser("bench", help="decoding speed of several models side by side in one run")
+    _add_config_args(p)
+    p.add_argument("--models", nargs="+", required=True, help="model directories (the first is the reference)")
+    p.add_argument("--src", required=True, help="source sentences")
+    p.add_argument("--sentences", type=int, default=0, help="use the first N lines (default: all)")
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--batch1-sentences", type=int, default=100, help="sentences timed at batch 1")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", help="JSON output")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("report", help="rebuild RUN/report from the evaluation files (no decoding)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--title")

@@ -137,3 +137,19 @@ def test_disk_full_is_a_clear_error(monkeypatch, capsys, tmp_path):
     assert cli.main(["prepare", "--src", "a", "--tgt", "b"]) == 2
     err = capsys.readouterr().err
     assert "no space left on the device while writing" in err and "intact" in err
+
+
+def test_bench_interleaves_models_and_reports_ratios(tiny_teacher):
+    from nmt_kd.bench import bench_decoding, speed_ratios
+
+    model = str(tiny_teacher / "teacher")
+    lines = ["The dog runs.", "A cat sits on the house.", "Big red ball."] * 4
+    res = bench_decoding([model, model], lines, beams=(1, 2), batch_sizes=(1, 4), repeats=2,
+                         batch1_sentences=3, decode_cfg=DecodeConfig(max_len_cap=32), log=lambda _m: None)
+    assert len(res["rows"]) == 2 * 2 * 2
+    for r in res["rows"]:
+        assert r["sentences_per_second_min"] <= r["sentences_per_second"] <= r["sentences_per_second_max"]
+        assert r["sentences"] == (3 if r["batch_size"] == 1 else 12) and r["repeats"] == 2
+    ratios = speed_ratios(res, model, 2)
+    assert {(r["beam"], r["batch_size"]) for r in ratios} == {(1, 1), (1, 4), (2, 1), (2, 4)}
+    assert all(r["ratio"] > 0 for r in ratios)
