@@ -287,7 +287,8 @@ def train_model(
     train_src, train_tgt = load_pairs(run_dir, "train", distilled_data)
     pairs = encode_pairs(tokenizer, train_src, train_tgt, tc.max_len)
     if len(pairs) == 0:
-        raise UserError(f"no training pair fits train.max_len={tc.max_len} tokens")
+        section = "train" if arch == "teacher" else "student_train"
+        raise UserError(f"no training pair fits {section}.max_len={tc.max_len} tokens")
     valid_src, valid_tgt = load_pairs(run_dir, "valid")
     valid_pairs = encode_pairs(tokenizer, valid_src, valid_tgt, 10**9)
     stream = BatchStream(pairs, tc.max_tokens, seed=tc.seed)
