@@ -28,7 +28,7 @@ def bench_decoding(
     decode_cfg = decode_cfg or DecodeConfig()
     translators = []  # a list, not a dict: the same directory may be listed twice (a control)
     for d in model_dirs:
-        model, tok, meta = load_model_dir(d)
+        model, tok, meta = load_model_dir(d, decode_cfg.precision)
         translators.append((str(d), Translator(model, tok, decode_cfg), meta, int(model.count_params())))
     rows = []
     for beam in beams:

@@ -110,8 +110,9 @@ def cmd_translate(args) -> int:
     from nmt_kd.models.registry import load_model_dir
     from nmt_kd.translate import Translator, read_input_lines
 
-    model, tokenizer, _ = load_model_dir(args.model)
-    translator = Translator(model, tokenizer, _decode_config(args))
+    decode_cfg = _decode_config(args)
+    model, tokenizer, _ = load_model_dir(args.model, decode_cfg.precision)
+    translator = Translator(model, tokenizer, decode_cfg)
     lines = read_input_lines(args.input)
     result = translator.translate(lines, beam=args.beam, batch_size=args.batch_size,
                                   progress=args.input not in (None, "-"))
@@ -153,6 +154,18 @@ def cmd_bench(args) -> int:
     if args.out:
         write_json(args.out, result)
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    if args.format == "savedmodel":
+        from nmt_kd.export import export_savedmodel
+
+        export_savedmodel(args.model, args.out, _decode_config(args), beam=args.beam)
+    else:
+        from nmt_kd.export import export_tflite
+
+        export_tflite(args.model, args.out, _decode_config(args), quantize=args.quantize)
     return 0
 
 
@@ -247,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="JSON output")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="export a model for serving (text in, text out)")
+    _add_config_args(p)
+    p.add_argument("--model", required=True, help="model directory (e.g. runs/x/student_rnn)")
+    p.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel")
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--beam", type=int, default=None,
+                   help="savedmodel: beam size baked into the graph (1 = greedy; default decode.beam)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="int8",
+                   help="tflite: int8 weights (dynamic-range quantization) or float32")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="rebuild RUN/report from the evaluation files (no decoding)")
     p.add_argument("--run-dir", required=True)

@@ -182,9 +182,13 @@ class DecodeConfig:
     batch_size: int = 64
     max_src_len: int = 250  # longer inputs are truncated (counted) or refused
     on_long_line: str = "truncate"  # truncate | error
+    # Arithmetic of decoding: bf16 matmuls (oneDNN, AVX512-BF16 / AMX CPUs), fp32, or
+    # "trained" (whatever policy the model was saved with: bf16 when trained in bf16).
+    precision: str = "trained"
 
     def __post_init__(self) -> None:
         _one_of("decode.on_long_line", self.on_long_line, ("truncate", "error"))
+        _one_of("decode.precision", self.precision, ("trained", "fp32", "bf16"))
         if self.beam < 1:
             raise ConfigError(f"decode.beam must be >= 1, got {self.beam}")
 

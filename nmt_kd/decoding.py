@@ -51,11 +51,19 @@ def tile_state(state: dict, beam_size: int) -> dict:
     return tf.nest.map_structure(lambda x: tf.repeat(x, beam_size, axis=0), state)
 
 
+def scale_milli(a: float) -> int:
+    """`a` in thousandths: length limits use `a` rounded to 0.001, in exact integer arithmetic."""
+    return int(round(a * 1000))
+
+
 def max_lengths_from_source(src_lengths: tf.Tensor, a: float, b: int, cap: int) -> tf.Tensor:
-    """Per-sentence output limits: int32 `[B]` = `min(cap, floor(a * src_len) + b)`."""
-    # float64 so that e.g. a=1.1, src_len=10 floors to 11 and not 10 through rounding error.
-    scaled = tf.floor(tf.cast(a, tf.float64) * tf.cast(src_lengths, tf.float64))
-    return tf.minimum(tf.cast(scaled, tf.int32) + b, cap)
+    """Per-sentence output limits: int32 `[B]` = `min(cap, floor(a * src_len) + b)`.
+
+    Integer arithmetic (`a` in thousandths), so that e.g. a=1.1, src_len=10 gives exactly 11
+    (no float rounding) and the graph converts to TFLite (no float64 ops).
+    """
+    scaled = (scale_milli(a) * tf.cast(src_lengths, tf.int32)) // 1000
+    return tf.minimum(scaled + b, cap)
 
 
 def _as_int32(batch_size: int | tf.Tensor) -> tf.Tensor:
@@ -124,8 +132,8 @@ def greedy_search(
         is_eos = tf.equal(next_tokens, eos_id)
         emit = tf.logical_and(alive, tf.logical_not(is_eos))
         scores = scores + tf.where(alive, token_lp, 0.0)
-        write = tf.logical_and(emit[:, None], tf.equal(positions, step)[None, :])
-        ids = tf.where(write, next_tokens[:, None], ids)
+        write = tf.logical_and(tf.expand_dims(emit, 1), tf.expand_dims(tf.equal(positions, step), 0))
+        ids = tf.where(write, tf.expand_dims(next_tokens, 1), ids)
         lengths = lengths + tf.cast(emit, tf.int32)
         finished = finished | is_eos | (step + 1 >= limits)
         # Finished rows keep being fed (the batch runs as one); their outputs are ignored.

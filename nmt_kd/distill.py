@@ -82,7 +82,7 @@ def translate_shards(
     if not todo:
         return []
     teacher_dir = Path(teacher_dir or run_dir / "teacher")
-    model, tokenizer, _ = load_model_dir(teacher_dir)
+    model, tokenizer, _ = load_model_dir(teacher_dir, cfg.decode.precision)
     translator = Translator(model, tokenizer, cfg.decode)
     nbest = max(dc.nbest, dc.beam if dc.seq_inter else 1)
     metric = _sentence_metric(dc.seq_inter_metric) if dc.seq_inter else None

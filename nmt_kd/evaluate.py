@@ -68,8 +68,9 @@ def evaluate_model(
     if len(src_lines) != len(ref_lines):
         raise UserError(f"{src} has {len(src_lines)} lines but {ref} has {len(ref_lines)}")
     if translator is None:
-        model, tokenizer, meta = load_model_dir(model_dir)
-        translator = Translator(model, tokenizer, decode_cfg or DecodeConfig())
+        decode_cfg = decode_cfg or DecodeConfig()
+        model, tokenizer, meta = load_model_dir(model_dir, decode_cfg.precision)
+        translator = Translator(model, tokenizer, decode_cfg)
     else:
         from nmt_kd.fileio import read_json
 

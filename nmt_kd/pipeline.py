@@ -120,7 +120,7 @@ def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) 
     from nmt_kd.models.registry import load_model_dir
     from nmt_kd.translate import Translator
 
-    model, tokenizer, _ = load_model_dir(run / name)
+    model, tokenizer, _ = load_model_dir(run / name, cfg.decode.precision)
     translator = Translator(model, tokenizer, cfg.decode)
     rows = []
     for beam in cfg.eval.beams:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from nmt_kd import EOS_ID
 from nmt_kd.config import DecodeConfig
-from nmt_kd.decoding import beam_search, greedy_search, max_lengths_from_source
+from nmt_kd.decoding import beam_search, greedy_search, max_lengths_from_source, scale_milli
 from nmt_kd.errors import UserError
 from nmt_kd.tokenizer import Tokenizer
 
@@ -33,6 +33,31 @@ class TranslationResult:
     truncated: int = 0  # source lines cut to decode.max_src_len
     nbest: list[list[tuple[str, float]]] | None = None
     extra: dict = field(default_factory=dict)
+
+
+def decode_ids(model, cfg: DecodeConfig, src: tf.Tensor, beam: int, max_len: int,
+               nbest: int = 1) -> dict[str, tf.Tensor]:
+    """Greedy (beam 1) or beam search over a padded batch of source ids (graph mode).
+
+    `max_len` (a Python int) sizes the caches; each sentence's own limit is
+    `min(max_len, floor(max_len_a * src_len) + max_len_b)`. Shared by `Translator` and the
+    exported SavedModel (`nmt_kd.export`), so both decode exactly alike.
+    """
+    encoded = model.encode(src, training=False)
+    state = model.init_decode_state(encoded, max_len)
+    src_len = tf.reduce_sum(tf.cast(tf.not_equal(src, 0), tf.int32), axis=1)
+    limits = max_lengths_from_source(src_len, cfg.max_len_a, cfg.max_len_b, max_len)
+    batch = tf.shape(src)[0]
+    if beam == 1:
+        return greedy_search(model.decode_step, state, batch, max_len, limits)
+    return beam_search(model.decode_step, state, batch, beam, max_len, limits,
+                       length_penalty=cfg.length_penalty, nbest=nbest)
+
+
+def max_len_bucket(cfg: DecodeConfig, longest_src: int) -> int:
+    """The cache size for a batch whose longest source (eos included) has `longest_src` ids."""
+    want = scale_milli(cfg.max_len_a) * longest_src // 1000 + cfg.max_len_b
+    return int(min(cfg.max_len_cap, LEN_BUCKET * math.ceil(want / LEN_BUCKET)))
 
 
 class Translator:
@@ -54,15 +79,7 @@ class Translator:
             @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)],
                          reduce_retracing=True)
             def decode(src):
-                encoded = model.encode(src, training=False)
-                state = model.init_decode_state(encoded, max_len)
-                src_len = tf.reduce_sum(tf.cast(tf.not_equal(src, 0), tf.int32), axis=1)
-                limits = max_lengths_from_source(src_len, cfg.max_len_a, cfg.max_len_b, max_len)
-                batch = tf.shape(src)[0]
-                if beam == 1:
-                    return greedy_search(model.decode_step, state, batch, max_len, limits)
-                return beam_search(model.decode_step, state, batch, beam, max_len, limits,
-                                   length_penalty=cfg.length_penalty, nbest=nbest)
+                return decode_ids(model, cfg, src, beam, max_len, nbest)
 
             self._fns[key] = decode
         return self._fns[key]
@@ -83,8 +100,7 @@ class Translator:
         return [seq + [EOS_ID] if seq else [] for seq in ids], truncated
 
     def _max_len(self, longest_src: int) -> int:
-        want = int(math.floor(self.cfg.max_len_a * longest_src)) + self.cfg.max_len_b
-        return int(min(self.cfg.max_len_cap, LEN_BUCKET * math.ceil(want / LEN_BUCKET)))
+        return max_len_bucket(self.cfg, longest_src)
 
     def translate(
         self, lines: Sequence[str], beam: int | None = None, batch_size: int | None = None,

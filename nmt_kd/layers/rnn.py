@@ -93,6 +93,7 @@ def time_loop(
     inputs,
     state,
     output_dtype: tf.DType | str = tf.float32,
+    output_shape: tf.TensorShape | None = None,
 ):
     """Run ``step_fn(x_t, state) -> (y_t, state)`` over the leading (time) axis.
 
@@ -102,6 +103,8 @@ def time_loop(
         inputs: a nest of time-major ``[T, ...]`` tensors (T >= 1).
         state: the initial state nest.
         output_dtype: dtype of ``y_t``.
+        output_shape: the static shape of ``y_t`` where known (``None`` for an unknown
+            batch); TFLite can lower the loop's TensorArrays only when it is given.
 
     Returns:
         ``(outputs [T, ...], final_state)``.
@@ -115,7 +118,7 @@ def time_loop(
     input_tas = [
         tf.TensorArray(x.dtype, size=length, element_shape=x.shape[1:]).unstack(x) for x in flat
     ]
-    outputs = tf.TensorArray(output_dtype, size=length)
+    outputs = tf.TensorArray(output_dtype, size=length, element_shape=output_shape)
 
     def body(t, outputs, state):
         x_t = tf.nest.pack_sequence_as(inputs, [ta.read(t) for ta in input_tas])
@@ -258,10 +261,11 @@ class BidirectionalRNN(_RecurrentBase):
             state = cell_update(self.cell, x_t, tf.cast(h_proj, tf.float32), state)
             return state[0], state
 
-        outputs, _ = time_loop(step, steps, state)  # [S, 2, B, u]
+        outputs, _ = time_loop(step, steps, state,
+                               output_shape=tf.TensorShape([2, None, self.direction_units]))  # [S, 2, B, u]
         fwd, bwd = tf.unstack(tf.transpose(outputs, [1, 2, 0, 3]))  # each [B, S, u]
         bwd = tf.reverse_sequence(bwd, lengths, seq_axis=1, batch_axis=0)
-        mask = tf.sequence_mask(lengths, tf.shape(x)[1], tf.float32)[:, :, None]
+        mask = tf.expand_dims(tf.sequence_mask(lengths, tf.shape(x)[1], tf.float32), -1)
         return tf.cast(tf.concat([fwd, bwd], axis=-1) * mask, self.compute_dtype)
 
 
@@ -362,7 +366,7 @@ class _Attention(keras.layers.Layer):
         scores = tf.cast(self.scores(query, keys, weights), tf.float32)
         scores = tf.where(src_mask > 0, scores, mask_value(tf.float32))
         probs = tf.cast(tf.nn.softmax(scores, axis=-1), memory.dtype)
-        return tf.matmul(probs[:, None, :], memory)[:, 0]
+        return tf.squeeze(tf.matmul(tf.expand_dims(probs, 1), memory), 1)
 
     def combine(self, context_query: tf.Tensor, weights: dict | None = None) -> tf.Tensor:
         """``[..., memory_dim + query_dim]`` (context then query) -> float32 ``[..., output_dim]``."""
@@ -417,7 +421,7 @@ class LuongAttention(_Attention):
 
     def scores(self, query: tf.Tensor, keys: tf.Tensor, weights: dict) -> tf.Tensor:
         query = tf.cast(query, keys.dtype)
-        return tf.matmul(keys, query[:, :, None])[:, :, 0]
+        return tf.squeeze(tf.matmul(keys, tf.expand_dims(query, -1)), -1)
 
 
 @keras.saving.register_keras_serializable(package="nmt_kd")
@@ -473,7 +477,7 @@ class BahdanauAttention(_Attention):
     def scores(self, query: tf.Tensor, keys: tf.Tensor, weights: dict) -> tf.Tensor:
         q = tf.matmul(tf.cast(query, keys.dtype), weights["query_kernel"])
         q = tf.nn.bias_add(q, weights["query_bias"])
-        return linear(tf.tanh(keys + q[:, None, :]), weights["score_vector"])[:, :, 0]
+        return tf.squeeze(linear(tf.tanh(keys + tf.expand_dims(q, 1)), weights["score_vector"]), -1)
 
     def get_config(self) -> dict:
         config = super().get_config()

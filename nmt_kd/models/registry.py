@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from nmt_kd.config import ModelConfig
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import read_json, sha256_file, write_json
@@ -96,8 +98,13 @@ def save_model_dir(model, out_dir: str | Path, tokenizer: Tokenizer, meta: dict)
     return out_dir
 
 
-def load_model_dir(model_dir: str | Path):
-    """Load (model, tokenizer, meta) from a model directory, checking that they match."""
+def load_model_dir(model_dir: str | Path, precision: str = "trained"):
+    """Load (model, tokenizer, meta) from a model directory, checking that they match.
+
+    `precision`: "trained" keeps the dtype policy the model was saved with (a model trained
+    in bf16 computes in bf16); "fp32" or "bf16" rebuilds it under that policy with the same
+    weights (variables stay float32 either way).
+    """
     import keras
 
     model_dir = Path(model_dir)
@@ -118,4 +125,22 @@ def load_model_dir(model_dir: str | Path):
             f"{model_dir}: the tokenizer has {tokenizer.vocab_size} pieces but the model was "
             f"built for a vocabulary of {vocab}; they do not belong together"
         )
+    if precision != "trained":
+        model = with_precision(model, precision)
     return model, tokenizer, meta
+
+
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def with_precision(model, precision: str):
+    """The same model (same weights) under the dtype policy of `precision` (fp32 | bf16)."""
+    policy = POLICIES[precision]
+    if model.dtype_policy.name == policy:
+        return model
+    config = dict(model.get_config(), dtype=policy)
+    copy = type(model).from_config(config)
+    dummy = np.zeros((1, 2), np.int32)
+    copy((dummy, dummy), training=False)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -278,7 +278,7 @@ class RNNStudent(keras.Model):
         src_mask = tf.cast(encoded["src_mask"], tf.float32)
         att_w = self.attention_layer.compute_weights()
         count = tf.maximum(tf.reduce_sum(src_mask, axis=1, keepdims=True), 1.0)
-        pooled = tf.reduce_sum(tf.cast(memory, tf.float32) * src_mask[:, :, None], axis=1) / count
+        pooled = tf.reduce_sum(tf.cast(memory, tf.float32) * tf.expand_dims(src_mask, -1), axis=1) / count
         initial = tf.cast(self.bridge.call(pooled), tf.float32)  # [B, layers*hidden]
         state = {
             "memory": memory,

@@ -1,0 +1,163 @@
+"""Export a trained model for serving: text in, text out.
+
+`export_savedmodel` writes a SavedModel whose `serving_default` signature takes a batch of
+UTF-8 sentences (`tf.string [N]`) and returns their translations (`{"translations":
+tf.string [N]}`). Everything the Python `Translator` does happens inside the graph:
+
+1. the training normalisation of `nmt_kd.data.clean.normalize` (NFC, BOM removed, control
+   characters to spaces, Unicode whitespace collapsed, stripped), with `tensorflow_text`
+   and RE2 regexes;
+2. SentencePiece encoding (`tensorflow_text.SentencepieceTokenizer` holding the model's own
+   `spm.model` bytes), truncation to `decode.max_src_len - 1` pieces, eos appended;
+3. greedy or beam search (`nmt_kd.translate.decode_ids`, the same code `Translator` runs),
+   with the cache size chosen by the same length buckets: one branch per bucket in a
+   `tf.switch_case`, so short batches do not pay for long caches;
+4. SentencePiece decoding; an empty input line gives an empty translation.
+
+The SavedModel loads with `tf.saved_model.load` in a process that imports only TensorFlow
+and `tensorflow_text` (which registers the SentencePiece ops):
+
+    import tensorflow as tf, tensorflow_text  # noqa: F401
+    served = tf.saved_model.load("exported/student")
+    served.signatures["serving_default"](tf.constant(["A dog runs."]))["translations"]
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from nmt_kd import EOS_ID, UNK_ID
+from nmt_kd.config import DecodeConfig
+from nmt_kd.decoding import scale_milli
+from nmt_kd.errors import UserError
+from nmt_kd.fileio import write_json
+
+# Characters Python's str.split() treats as whitespace that RE2's \s does not know
+# (\x1c-\x1f and \x85 are control characters, already turned into spaces before).
+_UNICODE_SPACES = r"\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+
+
+def normalize_in_graph(text):
+    """`nmt_kd.data.clean.normalize` as TensorFlow string ops (same output, tested)."""
+    import tensorflow as tf
+    import tensorflow_text as tft
+
+    text = tft.normalize_utf8(text, "NFC")
+    text = tf.strings.regex_replace(text, "\ufeff", "")
+    text = tf.strings.regex_replace(text, r"[\x00-\x1f\x7f-\x{9f}]", " ")
+    text = tf.strings.regex_replace(text, r"[\s" + _UNICODE_SPACES + "]+", " ")
+    return tf.strings.regex_replace(text, r"^ | $", "")
+
+
+def length_buckets(cfg: DecodeConfig) -> list[int]:
+    """Every cache size `nmt_kd.translate.max_len_bucket` can choose for this config."""
+    from nmt_kd.translate import LEN_BUCKET, max_len_bucket
+
+    longest_want = scale_milli(cfg.max_len_a) * cfg.max_src_len // 1000 + cfg.max_len_b
+    sizes = {max_len_bucket(cfg, 1)}
+    for k in range(1, math.ceil(longest_want / LEN_BUCKET) + 1):
+        sizes.add(min(cfg.max_len_cap, LEN_BUCKET * k))
+    return sorted(sizes)
+
+
+def build_serving_module(model, spm_bytes: bytes, cfg: DecodeConfig, beam: int):
+    """A `tf.Module` with a `translate(tf.string [N]) -> tf.string [N]` tf.function."""
+    import tensorflow as tf
+    import tensorflow_text as tft
+
+    from nmt_kd.translate import LEN_BUCKET, decode_ids
+
+    sizes = length_buckets(cfg)
+
+    class ServedTranslator(tf.Module):
+        def __init__(self):
+            super().__init__(name="nmt_kd_translator")
+            self.model = model
+            # Keras 3 layer lists are not followed by TF's object tracking: list every
+            # variable explicitly so that the SavedModel holds all of them.
+            self.model_variables = list(model.variables)
+            self.sp = tft.SentencepieceTokenizer(model=spm_bytes, out_type=tf.int32)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
+        def translate(self, sentences):
+            text = normalize_in_graph(sentences)
+            pieces = self.sp.tokenize(text)[:, : cfg.max_src_len - 1]
+            n_pieces = pieces.row_lengths()
+            eos = tf.fill([tf.shape(text)[0], 1], tf.constant(EOS_ID, tf.int32))
+            ids = tf.concat([pieces, eos], axis=1)
+            # An empty line has no pieces: decode nothing for it (its output is "").
+            keep = n_pieces > 0
+            ids = tf.ragged.boolean_mask(ids, keep)
+            src = ids.to_tensor(default_value=0)
+            n = tf.shape(src)[0]
+            width = tf.shape(src)[1]
+            want = scale_milli(cfg.max_len_a) * width // 1000 + cfg.max_len_b
+            bucket = tf.minimum(cfg.max_len_cap, LEN_BUCKET * ((want + LEN_BUCKET - 1) // LEN_BUCKET))
+            branch = tf.reduce_sum(tf.cast(tf.constant(sizes) < bucket, tf.int32))
+
+            def branch_fn(size):
+                def run():
+                    out = decode_ids(self.model, cfg, src, beam, size)
+                    out_ids, lengths = out["ids"], out["lengths"]
+                    if beam > 1:
+                        out_ids, lengths = out_ids[:, 0], lengths[:, 0]
+                    # a fixed width, so every branch returns the same shape
+                    pad = cfg.max_len_cap - size
+                    return tf.pad(out_ids, [[0, 0], [0, pad]]), lengths
+                return run
+
+            def decode_all():
+                out_ids, lengths = tf.switch_case(branch, [branch_fn(s) for s in sizes])
+                positions = tf.range(cfg.max_len_cap)[None, :]
+                real = (positions < lengths[:, None]) & ((out_ids > EOS_ID) | (out_ids == UNK_ID))
+                return self.sp.detokenize(tf.ragged.boolean_mask(out_ids, real))
+
+            texts = tf.cond(n > 0, decode_all, lambda: tf.zeros([0], tf.string))
+            translations = tf.scatter_nd(tf.where(keep), texts, tf.shape(sentences, tf.int64))
+            return {"translations": translations}
+
+    return ServedTranslator()
+
+
+def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
+                      beam: int | None = None, log=print) -> Path:
+    """Write `out` (a SavedModel directory) atomically: complete or absent."""
+    import tensorflow as tf
+
+    from nmt_kd.models.registry import load_model_dir
+
+    model_dir, out = Path(model_dir), Path(out)
+    beam = beam or cfg.beam
+    if beam < 1:
+        raise UserError(f"--beam must be at least 1, got {beam}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty; choose a new --out directory")
+    t0 = time.perf_counter()
+    model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
+    module = build_serving_module(model, tokenizer.model_bytes(), cfg, beam)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tf.saved_model.save(module, str(tmp),
+                            signatures={"serving_default": module.translate.get_concrete_function()})
+        write_json(tmp / "nmt_kd_export.json", {
+            "model_dir": str(model_dir), "model_type": meta.get("model_type"), "kd": meta.get("kd"),
+            "beam": beam, "length_penalty": cfg.length_penalty, "max_len_a": cfg.max_len_a,
+            "max_len_b": cfg.max_len_b, "max_len_cap": cfg.max_len_cap,
+            "max_src_len": cfg.max_src_len, "length_buckets": length_buckets(cfg),
+            "signature": "serving_default: sentences tf.string [N] -> translations tf.string [N]",
+        })
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"export: {model_dir} -> {out} (SavedModel, beam {beam}, {size / 1e6:.1f} MB, "
+        f"{time.perf_counter() - t0:.1f}s)")
+    return out

@@ -1,0 +1,113 @@
+"""Export for serving: the SavedModel takes strings, returns strings, equals `Translator`."""
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nmt_kd.config import config_from_dict
+from nmt_kd.data.clean import normalize
+from nmt_kd.errors import UserError
+
+quiet = lambda _m: None  # noqa: E731
+
+# Raw lines as a client would send them: the graph must normalise them exactly like
+# `read_input_lines` does before translating.
+EDGE_LINES = [
+    "",
+    "   ",
+    "\ufeffa dog runs\r",
+    "two  \t spaces\u00a0and\u3000wide",
+    "cafe\u0301 au lait",  # NFD -> NFC
+    "ctrl\x00char\x1fhere\x85",
+    "x " * 120,  # longer than decode.max_src_len pieces: truncated
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run, tmp_path_factory):
+    from nmt_kd.train import train_model
+
+    run, tree = tiny_run
+    base = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(run, base)
+    tree = copy.deepcopy(tree)
+    tree["train"].update(max_steps=120, eval_every=0)
+    tree["student_train"].update(max_steps=150, eval_every=0)
+    tree["decode"]["max_src_len"] = 40
+    cfg = config_from_dict(tree)
+    train_model(cfg, base, "teacher", log=quiet)
+    train_model(cfg, base, "student_rnn", log=quiet)
+    return base, cfg
+
+
+def test_normalize_in_graph_matches_python():
+    import tensorflow as tf
+
+    from nmt_kd.export import normalize_in_graph
+
+    lines = EDGE_LINES + ["\u2028line\u2029sep\u200a", "\u202fnarrow\u205f", "\x7f\x9fdel", "e\u0308\u0301"]
+    got = [t.decode("utf-8") for t in normalize_in_graph(tf.constant(lines)).numpy()]
+    assert got == [normalize(x) for x in lines]
+
+
+SERVE = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
+    served = tf.saved_model.load(sys.argv[1])
+    lines = json.load(open(sys.argv[2], encoding="utf-8"))
+    fn = served.signatures["serving_default"]
+    out = []
+    for i in range(0, len(lines), 7):  # batches unlike the Translator's sorted ones
+        out += [t.decode("utf-8") for t in fn(sentences=tf.constant(lines[i:i + 7]))["translations"].numpy()]
+    out += [t.decode("utf-8") for t in fn(sentences=tf.constant([], tf.string))["translations"].numpy()]
+    print(json.dumps({"translations": out, "nmt_kd_imported": "nmt_kd" in sys.modules}))
+""")
+
+
+@pytest.mark.parametrize("name,beam", [("teacher", 3), ("student_rnn", 1)])
+def test_savedmodel_equals_translator_in_a_process_without_nmt_kd(trained, tmp_path, name, beam):
+    from nmt_kd.export import export_savedmodel
+    from nmt_kd.fileio import read_lines
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.translate import Translator
+
+    run, cfg = trained
+    lines = read_lines(run / "data/test.src") + EDGE_LINES
+    out = export_savedmodel(run / name, tmp_path / "served", cfg.decode, beam=beam, log=quiet)
+    meta = json.loads((out / "nmt_kd_export.json").read_text())
+    assert meta["beam"] == beam
+
+    model, tok, _ = load_model_dir(run / name, cfg.decode.precision)
+    expected = Translator(model, tok, cfg.decode).translate([normalize(x) for x in lines], beam=beam)
+    assert expected.truncated >= 1  # at least the long edge line
+
+    (tmp_path / "lines.json").write_text(json.dumps(lines), encoding="utf-8")
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE)
+    proc = subprocess.run([sys.executable, "-P", str(script), str(out), str(tmp_path / "lines.json")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["nmt_kd_imported"] is False
+    diffs = [(i, a, b) for i, (a, b) in enumerate(zip(result["translations"], expected.hypotheses)) if a != b]
+    assert not diffs and len(result["translations"]) == len(lines), diffs[:5]
+    edge = result["translations"][-len(EDGE_LINES):]
+    assert edge[0] == edge[1] == ""  # empty (or blank) in, empty out
+    assert sum(bool(t) for t in result["translations"]) >= len(lines) // 2
+
+
+def test_export_refuses_a_non_empty_output_directory(trained, tmp_path):
+    from nmt_kd.export import export_savedmodel
+
+    run, cfg = trained
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        export_savedmodel(run / "student_rnn", tmp_path / "out", cfg.decode, log=quiet)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "x"
