@@ -22,16 +22,18 @@ def bench_decoding(
     decode_cfg: DecodeConfig | None = None, log: Callable[[str], None] = print,
 ) -> dict:
     from nmt_kd.evaluate import machine_info
-    from nmt_kd.models.registry import load_model_dir
-    from nmt_kd.translate import Translator
+    from nmt_kd.translate import open_translator
 
     decode_cfg = decode_cfg or DecodeConfig()
     translators = []  # a list, not a dict: the same directory may be listed twice (a control)
     for d in model_dirs:
-        model, tok, meta = load_model_dir(d, decode_cfg.precision)
-        translators.append((str(d), Translator(model, tok, decode_cfg), meta, int(model.count_params())))
+        tr, meta, _ = open_translator(d, decode_cfg)
+        translators.append((str(d), tr, meta, int(tr.model.count_params())))
+    everyone = translators
     rows = []
     for beam in beams:
+        # TFLite exports decode greedily: they sit out the beam rows
+        translators = [t for t in everyone if beam == 1 or not t[2].get("format", "").startswith("tflite")]
         for bs in batch_sizes:
             lines = src_lines[:batch1_sentences] if bs == 1 else src_lines
             times: list[list[float]] = [[] for _ in translators]
@@ -47,7 +49,7 @@ def bench_decoding(
                 sps = [len(lines) / t for t in times[i]]
                 tps = [tokens[i] / t for t in times[i]]
                 row = {"model": d, "model_type": meta.get("model_type"), "kd": meta.get("kd"),
-                       "params": params, "beam": beam, "batch_size": bs, "sentences": len(lines),
+                       "format": meta.get("format"), "params": params, "beam": beam, "batch_size": bs, "sentences": len(lines),
                        "sentences_per_second": round(statistics.median(sps), 2),
                        "sentences_per_second_min": round(min(sps), 2),
                        "sentences_per_second_max": round(max(sps), 2),

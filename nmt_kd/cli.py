@@ -107,12 +107,9 @@ def _decode_config(args):
 
 def cmd_translate(args) -> int:
     from nmt_kd.fileio import atomic_open
-    from nmt_kd.models.registry import load_model_dir
-    from nmt_kd.translate import Translator, read_input_lines
+    from nmt_kd.translate import open_translator, read_input_lines
 
-    decode_cfg = _decode_config(args)
-    model, tokenizer, _ = load_model_dir(args.model, decode_cfg.precision)
-    translator = Translator(model, tokenizer, decode_cfg)
+    translator, _, _ = open_translator(args.model, _decode_config(args))
     lines = read_input_lines(args.input)
     result = translator.translate(lines, beam=args.beam, batch_size=args.batch_size,
                                   progress=args.input not in (None, "-"))
@@ -221,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("translate", help="translate a file or stdin with a trained model")
     _add_config_args(p)
-    p.add_argument("--model", required=True, help="model directory (e.g. runs/x/teacher)")
+    p.add_argument("--model", required=True,
+                   help="model directory (e.g. runs/x/teacher) or a TFLite export directory")
     p.add_argument("--input", "-i", help="input file (default: stdin)")
     p.add_argument("--output", "-o", help="output file (default: stdout)")
     p.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy; default decode.beam)")

@@ -19,8 +19,7 @@ from pathlib import Path
 from nmt_kd.config import DecodeConfig
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import write_json, write_lines
-from nmt_kd.models.registry import load_model_dir
-from nmt_kd.translate import Translator, read_input_lines
+from nmt_kd.translate import Translator, open_translator, read_input_lines
 
 
 def score(hyps: list[str], refs: list[str]) -> dict:
@@ -68,13 +67,12 @@ def evaluate_model(
     if len(src_lines) != len(ref_lines):
         raise UserError(f"{src} has {len(src_lines)} lines but {ref} has {len(ref_lines)}")
     if translator is None:
-        decode_cfg = decode_cfg or DecodeConfig()
-        model, tokenizer, meta = load_model_dir(model_dir, decode_cfg.precision)
-        translator = Translator(model, tokenizer, decode_cfg)
+        translator, meta, size_bytes = open_translator(model_dir, decode_cfg or DecodeConfig())
     else:
         from nmt_kd.fileio import read_json
 
         meta = read_json(model_dir / "model.json") if (model_dir / "model.json").is_file() else {}
+        size_bytes = model_size_bytes(model_dir)
     first = translator.translate(src_lines, beam=beam, batch_size=batch_size)
     timed_src = src_lines[:speed_sentences] if speed_sentences else src_lines
     timed = translator.translate(timed_src, beam=beam, batch_size=batch_size)
@@ -83,7 +81,8 @@ def evaluate_model(
         "model_type": meta.get("model_type", "unknown"),
         "kd": meta.get("kd", "none"),
         "params": int(translator.model.count_params()),
-        "size_bytes": model_size_bytes(model_dir),
+        "size_bytes": size_bytes,
+        "format": meta.get("format", "keras"),
         "test_set": test_set or str(src),
         "n_sentences": len(src_lines),
         "beam": int(beam),

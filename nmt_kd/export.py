@@ -161,3 +161,119 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
     log(f"export: {model_dir} -> {out} (SavedModel, beam {beam}, {size / 1e6:.1f} MB, "
         f"{time.perf_counter() - t0:.1f}s)")
     return out
+
+
+# -- TFLite (int8 weights) ----------------------------------------------------------------
+
+TFLITE_FILES = ("encoder.tflite", "step.tflite")
+
+
+def _state_specs(model, cap: int):
+    """Names, dtypes and shapes (batch and source length left open) of the decoding state."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    def init(src):
+        return model.init_decode_state(model.encode(src, training=False), cap)
+
+    out = init.get_concrete_function().structured_outputs
+    return {k: tf.TensorSpec(v.shape, v.dtype, name=f"state_{k}") for k, v in sorted(out.items())}
+
+
+def _to_tflite(concrete, quantize: str) -> tuple[bytes, list[str], list[str]]:
+    """(flatbuffer, input names, output names); TFLite keeps the function's tensor order."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    # Freeze first: Keras 3 variables are not found through object tracking, and unfrozen
+    # variables would stay float resource variables in the flatbuffer.
+    frozen = convert_variables_to_constants_v2(concrete)
+    inputs = [spec.name for spec in tf.nest.flatten(concrete.structured_input_signature)]
+    outputs = sorted(concrete.structured_outputs)  # a dict's values flatten in key order
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    if quantize == "int8":
+        # dynamic-range quantization: int8 weights, int8 GEMMs with activations quantized
+        # on the fly (no calibration data needed)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert(), inputs, outputs
+
+
+def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, quantize: str = "int8",
+                  log=print) -> Path:
+    """A student as two TFLite models driven by a small greedy loop (`TFLiteTranslator`).
+
+    `encoder.tflite`: source ids `[B, S]` -> the initial decoding state. `step.tflite`: one
+    decoder step (token, position, state) -> the argmax token, its log-prob and the state
+    entries that change; weights are constants there, so dynamic-range quantization turns
+    every GEMM, the output layer included, into an int8 GEMM. Students only: their state
+    does not grow with the output length (the teacher's cache does).
+    """
+    import tensorflow as tf
+
+    from nmt_kd.models.registry import load_model_dir
+
+    model_dir, out = Path(model_dir), Path(out)
+    if quantize not in ("int8", "none"):
+        raise UserError(f"--quantize must be int8 or none, got {quantize!r}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty; choose a new --out directory")
+    t0 = time.perf_counter()
+    model, tokenizer, meta = load_model_dir(model_dir, "fp32")
+    if meta.get("model_type") == "teacher" or type(model).__name__ == "TransformerTeacher":
+        raise UserError("the TFLite export is for students (their decoding state has a fixed "
+                        "size); export the teacher with --format savedmodel")
+    specs = _state_specs(model, cfg.max_len_cap)
+    keys = list(specs)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="src")])
+    def encode(src):
+        state = model.init_decode_state(model.encode(src, training=False), cfg.max_len_cap)
+        return {f"state_{k}": state[k] for k in keys}
+
+    # Which entries does a step change? (decode_step passes the others through unchanged)
+    probe = {}
+
+    def step_body(token, step, *values):
+        state = dict(zip(keys, values, strict=True))
+        logits, new_state = model.decode_step(token, step, state)
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+        nxt = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        probe["changed"] = [k for k in keys if new_state[k] is not state[k]]
+        return {"next": nxt, "logp": tf.gather(log_probs, nxt, batch_dims=1),
+                **{f"new_{k}": new_state[k] for k in probe["changed"]}}
+
+    step_fn = tf.function(step_body, input_signature=[
+        tf.TensorSpec([None], tf.int32, name="token"), tf.TensorSpec([], tf.int32, name="step"),
+        *specs.values()])
+    step_concrete = step_fn.get_concrete_function()
+    changed = probe["changed"]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        from nmt_kd.layers.rnn import tflite_friendly_loops
+
+        with tflite_friendly_loops():  # no TensorArrays in the encoder's time loops
+            encode_concrete = encode.get_concrete_function()
+        io = {}
+        for name, concrete in (("encoder", encode_concrete), ("step", step_concrete)):
+            data, inputs, outputs = _to_tflite(concrete, quantize)
+            (tmp / f"{name}.tflite").write_bytes(data)
+            io[name] = {"inputs": inputs, "outputs": outputs}
+        shutil.copyfile(tokenizer.model_path, tmp / "spm.model")
+        write_json(tmp / "tflite.json", {
+            "model_dir": str(model_dir), "model_type": meta.get("model_type"), "kd": meta.get("kd"),
+            "params": int(model.count_params()), "quantize": quantize, "state": keys,
+            "changing_state": changed, "max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b,
+            "max_len_cap": cfg.max_len_cap, "max_src_len": cfg.max_src_len, "tensors": io,
+        })
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum((out / f).stat().st_size for f in TFLITE_FILES)
+    log(f"export: {model_dir} -> {out} (TFLite, {quantize} weights, {size / 1e6:.1f} MB, "
+        f"{time.perf_counter() - t0:.1f}s)")
+    return out

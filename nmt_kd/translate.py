@@ -84,6 +84,11 @@ class Translator:
             self._fns[key] = decode
         return self._fns[key]
 
+    def _decode_batch(self, src: np.ndarray, beam: int, max_len: int, nbest: int):
+        """Padded source ids `[B, S]` -> numpy (ids, lengths, scores) of the search."""
+        out = self._decode_fn(beam, max_len, nbest)(tf.constant(src))
+        return out["ids"].numpy(), out["lengths"].numpy(), out["scores"].numpy()
+
     def encode_sources(self, lines: Sequence[str]) -> tuple[list[list[int]], int]:
         ids = self.tokenizer.encode(lines)
         limit = self.cfg.max_src_len - 1  # room for eos
@@ -126,10 +131,8 @@ class Translator:
             src = np.zeros((len(idx), width), dtype=np.int32)
             for row, i in enumerate(idx):
                 src[row, : len(src_ids[i])] = src_ids[i]
-            out = self._decode_fn(beam, self._max_len(width), nbest)(tf.constant(src))
-            ids, lengths = out["ids"].numpy(), out["lengths"].numpy()
+            ids, lengths, scores = self._decode_batch(src, beam, self._max_len(width), nbest)
             if beam > 1:
-                scores = out["scores"].numpy()
                 if nbest_out is not None:
                     for row, i in enumerate(idx):
                         texts = self.tokenizer.decode(
@@ -145,6 +148,25 @@ class Translator:
         if progress and todo:
             print(file=sys.stderr)
         return TranslationResult(hyps, counts, time.perf_counter() - t0, truncated, nbest_out)
+
+
+def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int]:
+    """(translator, model meta, size on disk in bytes) for a model directory or a TFLite export."""
+    from pathlib import Path
+
+    from nmt_kd.tflite_translate import TFLITE_SIZE_FILES, TFLiteTranslator, is_tflite_dir
+
+    model_dir = Path(model_dir)
+    if is_tflite_dir(model_dir):
+        tr = TFLiteTranslator(model_dir, cfg)
+        meta = dict(tr.meta, model_type=f"{tr.meta.get('model_type')}",
+                    format=f"tflite-{tr.meta['quantize']}")
+        return tr, meta, sum((model_dir / f).stat().st_size for f in TFLITE_SIZE_FILES)
+    from nmt_kd.models.registry import load_model_dir
+
+    model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
+    meta = dict(meta, format=f"keras-{'bf16' if model.compute_dtype == 'bfloat16' else 'fp32'}")
+    return Translator(model, tokenizer, cfg), meta, (model_dir / "model.keras").stat().st_size
 
 
 def _progress(done: int, total: int, elapsed: float) -> None:

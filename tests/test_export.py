@@ -39,6 +39,8 @@ def trained(tiny_run, tmp_path_factory):
     tree["train"].update(max_steps=120, eval_every=0)
     tree["student_train"].update(max_steps=150, eval_every=0)
     tree["decode"]["max_src_len"] = 40
+    # big enough that the int8 converter quantizes its matrices (it skips < 1024 elements)
+    tree["model"]["student_rnn"] = {"embed_dim": 48, "hidden": 64}
     cfg = config_from_dict(tree)
     train_model(cfg, base, "teacher", log=quiet)
     train_model(cfg, base, "student_rnn", log=quiet)
@@ -95,8 +97,10 @@ def test_savedmodel_equals_translator_in_a_process_without_nmt_kd(trained, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["nmt_kd_imported"] is False
-    diffs = [(i, a, b) for i, (a, b) in enumerate(zip(result["translations"], expected.hypotheses)) if a != b]
-    assert not diffs and len(result["translations"]) == len(lines), diffs[:5]
+    assert len(result["translations"]) == len(lines)
+    diffs = [(i, a, b) for i, (a, b) in
+             enumerate(zip(result["translations"], expected.hypotheses, strict=True)) if a != b]
+    assert not diffs, diffs[:5]
     edge = result["translations"][-len(EDGE_LINES):]
     assert edge[0] == edge[1] == ""  # empty (or blank) in, empty out
     assert sum(bool(t) for t in result["translations"]) >= len(lines) // 2
@@ -111,3 +115,44 @@ def test_export_refuses_a_non_empty_output_directory(trained, tmp_path):
     with pytest.raises(UserError, match="not empty"):
         export_savedmodel(run / "student_rnn", tmp_path / "out", cfg.decode, log=quiet)
     assert (tmp_path / "out" / "keep.txt").read_text() == "x"
+
+
+def test_tflite_student_fp32_equals_translator_and_int8_is_smaller(trained, tmp_path):
+    import numpy as np
+
+    from nmt_kd.export import export_tflite
+    from nmt_kd.fileio import read_lines
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.tflite_translate import TFLiteTranslator
+    from nmt_kd.translate import Translator, open_translator
+
+    run, cfg = trained
+    lines = [normalize(x) for x in read_lines(run / "data/test.src") + EDGE_LINES]
+    model, tok, _ = load_model_dir(run / "student_rnn", "fp32")
+    expected = Translator(model, tok, cfg.decode)
+    fp32 = export_tflite(run / "student_rnn", tmp_path / "fp32", cfg.decode, quantize="none", log=quiet)
+    int8 = export_tflite(run / "student_rnn", tmp_path / "int8", cfg.decode, quantize="int8", log=quiet)
+    for bs in (1, 4, 16):  # several batch shapes: the interpreters are resized between batches
+        want = expected.translate(lines, beam=1, batch_size=bs)
+        got = TFLiteTranslator(fp32, cfg.decode).translate(lines, beam=1, batch_size=bs)
+        assert got.hypotheses == want.hypotheses
+        assert got.token_counts == want.token_counts
+    assert sum(bool(h) for h in want.hypotheses) >= len(lines) // 2
+    q = TFLiteTranslator(int8, cfg.decode).translate(lines, beam=1, batch_size=16)
+    assert len(q.hypotheses) == len(lines) and q.hypotheses[-len(EDGE_LINES)] == ""
+    agree = np.mean([a == b for a, b in zip(q.hypotheses, want.hypotheses, strict=True)])
+    assert agree >= 0.5  # int8 weights change a few argmaxes, not most of them
+    tr, meta, size8 = open_translator(int8, cfg.decode)
+    _, _, size32 = open_translator(fp32, cfg.decode)
+    assert meta["format"] == "tflite-int8" and size8 < 0.5 * size32
+    with pytest.raises(UserError, match="greedily"):
+        tr.translate(lines[:2], beam=2)
+
+
+def test_tflite_refuses_the_teacher(trained, tmp_path):
+    from nmt_kd.export import export_tflite
+
+    run, cfg = trained
+    with pytest.raises(UserError, match="students"):
+        export_tflite(run / "teacher", tmp_path / "t", cfg.decode, log=quiet)
+    assert not (tmp_path / "t").exists()

@@ -33,6 +33,17 @@ def mask_value(dtype: tf.DType | str) -> float:
     return -3.0e4 if tf.as_dtype(dtype) == tf.float16 else -1.0e9
 
 
+def dynamic_zeros(shape: list, dtype) -> tf.Tensor:
+    """Zeros of a shape whose entries may be scalar tensors (e.g. the batch size).
+
+    Built as a tile of a static zeros tensor rather than ``tf.zeros(tf.stack(shape))``:
+    the same values, but TFLite cannot prepare a FILL whose dims are computed at run time.
+    """
+    static = [d if isinstance(d, int) else 1 for d in shape]
+    multiples = tf.stack([1 if isinstance(d, int) else tf.cast(d, tf.int32) for d in shape])
+    return tf.tile(tf.zeros(static, dtype), multiples)
+
+
 def linear(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None = None) -> tf.Tensor:
     """``x @ kernel + bias`` over the last axis of an ``[..., Din]`` tensor.
 

@@ -30,7 +30,7 @@ import math
 import keras
 import tensorflow as tf
 
-from nmt_kd.layers.attention import linear, mask_value
+from nmt_kd.layers.attention import dynamic_zeros, linear, mask_value
 
 __all__ = [
     "ConvAttention",
@@ -209,9 +209,7 @@ class GLUConv1D(keras.layers.Layer):
 
     def initial_buffer(self, batch_size: int | tf.Tensor) -> tf.Tensor:
         """Zeros ``[B, kernel_size - 1, C]``: the causal left padding before position 0."""
-        return tf.zeros(
-            tf.stack([batch_size, self.kernel_size - 1, self.channels]), self.compute_dtype
-        )
+        return dynamic_zeros([batch_size, self.kernel_size - 1, self.channels], self.compute_dtype)
 
     def step(self, x: tf.Tensor, buffer: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """One causal position: ``x`` ``[B, 1, C]`` and the previous ``k-1`` inputs ``buffer``

@@ -19,13 +19,14 @@ the first three; the forget-gate bias starts at 1.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from nmt_kd.layers.attention import linear, mask_value
+from nmt_kd.layers.attention import dynamic_zeros, linear, mask_value
 
 __all__ = [
     "BahdanauAttention",
@@ -88,6 +89,23 @@ def cell_update(
     return (o * tf.tanh(c), c)
 
 
+_NO_TENSOR_ARRAYS = [False]
+
+
+@contextlib.contextmanager
+def tflite_friendly_loops():
+    """While tracing inside this context, `time_loop` uses no TensorArrays.
+
+    For the TFLite export: TFLite cannot lower a TensorArray whose element shape has an
+    unknown batch size (see `_time_loop_select`).
+    """
+    _NO_TENSOR_ARRAYS[0] = True
+    try:
+        yield
+    finally:
+        _NO_TENSOR_ARRAYS[0] = False
+
+
 def time_loop(
     step_fn: Callable,
     inputs,
@@ -115,6 +133,8 @@ def time_loop(
     """
     flat = [tf.convert_to_tensor(x) for x in tf.nest.flatten(inputs)]
     length = tf.shape(flat[0])[0]
+    if _NO_TENSOR_ARRAYS[0]:
+        return _time_loop_select(step_fn, inputs, flat, length, state, output_dtype)
     input_tas = [
         tf.TensorArray(x.dtype, size=length, element_shape=x.shape[1:]).unstack(x) for x in flat
     ]
@@ -134,6 +154,38 @@ def time_loop(
         maximum_iterations=length,
     )
     return outputs.stack(), state
+
+
+def _time_loop_select(step_fn, inputs, flat, length, state, output_dtype):
+    """`time_loop` without TensorArrays (see `tflite_friendly_loops`).
+
+    The outputs live in a fixed-shape ``[T, ...]`` tensor; step ``t`` writes row ``t`` with
+    an elementwise select (quadratic in T: fine for sentences, not meant for training).
+    Step 0 runs before the loop, to learn the output shape.
+    """
+
+    def run_step(t, state):
+        x_t = tf.nest.pack_sequence_as(inputs, [tf.gather(x, t) for x in flat])
+        y_t, new_state = step_fn(x_t, state)
+        for new, old in zip(tf.nest.flatten(new_state), tf.nest.flatten(state), strict=True):
+            new.set_shape(old.shape)
+        return tf.expand_dims(tf.cast(y_t, output_dtype), 0), new_state
+
+    def write(outputs, t, y_t):
+        rows = tf.reshape(tf.equal(tf.range(length), t), [-1] + [1] * (y_t.shape.rank - 1))
+        return tf.where(rows, y_t, outputs)
+
+    y_0, state = run_step(tf.constant(0, tf.int32), state)
+    multiples = tf.concat([tf.reshape(length, [1]), tf.ones([y_0.shape.rank - 1], tf.int32)], 0)
+    outputs = tf.tile(y_0, multiples)  # every row holds y_0; rows 1.. are overwritten
+
+    def body(t, outputs, state):
+        y_t, new_state = run_step(t, state)
+        return t + 1, write(outputs, t, y_t), new_state
+
+    _, outputs, state = tf.while_loop(
+        lambda t, *_: t < length, body, (tf.constant(1, tf.int32), outputs, state))
+    return outputs, state
 
 
 class _RecurrentBase(keras.layers.Layer):
@@ -188,7 +240,7 @@ class RecurrentCell(_RecurrentBase):
         )
 
     def zero_state(self, batch_size) -> tuple[tf.Tensor, ...]:
-        zeros = tf.zeros(tf.stack([batch_size, self.units]), tf.float32)
+        zeros = dynamic_zeros([batch_size, self.units], tf.float32)
         return (zeros,) if self.cell == "gru" else (zeros, zeros)
 
     def project_inputs(self, x: tf.Tensor, weights=None) -> tf.Tensor:
@@ -253,7 +305,7 @@ class BidirectionalRNN(_RecurrentBase):
         bwd = tf.reverse_sequence(bwd, lengths, seq_axis=1, batch_axis=0)
         steps = tf.transpose(tf.stack([fwd, bwd]), [2, 0, 1, 3])  # [S, 2, B, G*u]
 
-        zeros = tf.zeros(tf.stack([2, tf.shape(x)[0], self.direction_units]), tf.float32)
+        zeros = dynamic_zeros([2, tf.shape(x)[0], self.direction_units], tf.float32)
         state = (zeros,) if self.cell == "gru" else (zeros, zeros)
 
         def step(x_t, state):

@@ -39,7 +39,7 @@ import keras
 import tensorflow as tf
 
 from nmt_kd import PAD_ID
-from nmt_kd.layers.attention import linear
+from nmt_kd.layers.attention import dynamic_zeros, linear
 from nmt_kd.layers.rnn import (
     BahdanauAttention,
     BidirectionalRNN,
@@ -290,7 +290,7 @@ class RNNStudent(keras.Model):
             if self.cell == "lstm":
                 state[f"c{i}"] = tf.zeros_like(h)
         if self._luong:
-            state["feed"] = tf.zeros(tf.stack([tf.shape(memory)[0], self.embed_dim]), tf.float32)
+            state["feed"] = dynamic_zeros([tf.shape(memory)[0], self.embed_dim], tf.float32)
         return state
 
     def decode_sequence(

@@ -1,0 +1,127 @@
+"""Translate with a TFLite export (`nmt-kd export --format tflite`): greedy, int8 or fp32.
+
+The two flatbuffers are run by TFLite interpreters; the token loop is a few numpy
+operations per step around one `invoke()` (the decoder step itself, argmax included, runs
+inside TFLite). Outputs follow the conventions of `nmt_kd.decoding.greedy_search` exactly:
+same per-sentence length limits, same early exit, eos not emitted.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from nmt_kd import BOS_ID, EOS_ID
+from nmt_kd.config import DecodeConfig
+from nmt_kd.decoding import scale_milli
+from nmt_kd.errors import UserError
+from nmt_kd.fileio import read_json
+from nmt_kd.tokenizer import Tokenizer
+from nmt_kd.translate import Translator
+
+TFLITE_SIZE_FILES = ("encoder.tflite", "step.tflite")
+
+
+def is_tflite_dir(path: str | Path) -> bool:
+    return (Path(path) / "tflite.json").is_file()
+
+
+def _interpreter(path: Path, threads: int, io: dict):
+    """The interpreter and {name: tensor index} of its inputs and outputs (export order)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        import tensorflow as tf
+
+        interp = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+    in_details, out_details = interp.get_input_details(), interp.get_output_details()
+    if len(in_details) != len(io["inputs"]) or len(out_details) != len(io["outputs"]):
+        raise UserError(f"{path}: its inputs/outputs do not match tflite.json (a different export?)")
+    inputs = {name: d["index"] for name, d in zip(io["inputs"], in_details, strict=True)}
+    outputs = {name: d["index"] for name, d in zip(io["outputs"], out_details, strict=True)}
+    return interp, inputs, outputs
+
+
+class _Model:
+    """What `Translator` and the reports read from a model: its parameter count."""
+
+    def __init__(self, params: int):
+        self._params = params
+
+    def count_params(self) -> int:
+        return self._params
+
+
+class TFLiteTranslator(Translator):
+    """`Translator` over a TFLite export directory; greedy decoding only."""
+
+    def __init__(self, export_dir: str | Path, cfg: DecodeConfig, threads: int | None = None):
+        export_dir = Path(export_dir)
+        if not is_tflite_dir(export_dir):
+            raise UserError(f"{export_dir}: not a TFLite export (no tflite.json)")
+        self.meta = read_json(export_dir / "tflite.json")
+        super().__init__(_Model(int(self.meta["params"])), Tokenizer(export_dir / "spm.model"), cfg)
+        threads = threads or os.cpu_count() or 1
+        io = self.meta["tensors"]
+        self._enc = _interpreter(export_dir / "encoder.tflite", threads, io["encoder"])
+        self._step = _interpreter(export_dir / "step.tflite", threads, io["step"])
+        self._state_keys = self.meta["state"]
+        self._changing = self.meta["changing_state"]
+        self._shapes: tuple | None = None
+        self._src_shape: tuple | None = None
+
+    def translate(self, lines, beam=None, batch_size=None, nbest=1, progress=False, sort=True):
+        if (beam or self.cfg.beam) != 1 or nbest != 1:
+            raise UserError("a TFLite export decodes greedily: use beam 1 (--beam 1)")
+        return super().translate(lines, beam=1, batch_size=batch_size, nbest=1,
+                                 progress=progress, sort=sort)
+
+    def _decode_batch(self, src: np.ndarray, beam: int, max_len: int, nbest: int):
+        enc, enc_in, enc_out = self._enc
+        step, step_in, step_out = self._step
+        batch = src.shape[0]
+        if src.shape != self._src_shape:
+            enc.resize_tensor_input(enc_in["src"], list(src.shape))
+            enc.allocate_tensors()
+            self._src_shape = src.shape
+        enc.set_tensor(enc_in["src"], src)
+        enc.invoke()
+        state = {k: enc.get_tensor(enc_out[f"state_{k}"]) for k in self._state_keys}
+        shapes = tuple(state[k].shape for k in self._state_keys)
+        if shapes != self._shapes:
+            step.resize_tensor_input(step_in["token"], [batch])
+            for k in self._state_keys:
+                step.resize_tensor_input(step_in[f"state_{k}"], list(state[k].shape))
+            step.allocate_tensors()
+            self._shapes = shapes
+        for k in self._state_keys:
+            step.set_tensor(step_in[f"state_{k}"], state[k])
+
+        src_len = (src != 0).sum(axis=1).astype(np.int64)
+        limits = np.clip(np.minimum(scale_milli(self.cfg.max_len_a) * src_len // 1000
+                                    + self.cfg.max_len_b, max_len), 1, max_len)
+        tokens = np.full([batch], BOS_ID, np.int32)
+        finished = np.zeros([batch], bool)
+        lengths = np.zeros([batch], np.int32)
+        scores = np.zeros([batch], np.float32)
+        ids = np.zeros([batch, max_len], np.int32)
+        for t in range(max_len):
+            step.set_tensor(step_in["token"], tokens)
+            step.set_tensor(step_in["step"], np.array(t, np.int32))
+            step.invoke()
+            nxt = step.get_tensor(step_out["next"])
+            alive = ~finished
+            is_eos = nxt == EOS_ID
+            emit = alive & ~is_eos
+            scores += np.where(alive, step.get_tensor(step_out["logp"]), 0.0).astype(np.float32)
+            ids[emit, t] = nxt[emit]
+            lengths += emit
+            finished |= is_eos | (t + 1 >= limits)
+            if finished.all():
+                break
+            for k in self._changing:
+                step.set_tensor(step_in[f"state_{k}"], step.get_tensor(step_out[f"new_{k}"]))
+            tokens = nxt
+        return ids, lengths, scores
