@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from nmt_kd import EOS_ID, UNK_ID
 from nmt_kd.config import DecodeConfig
 from nmt_kd.decoding import scale_milli
 from nmt_kd.errors import UserError
-from nmt_kd.fileio import write_json
+from nmt_kd.fileio import atomic_directory, write_json
 
 # Characters Python's str.split() treats as whitespace that RE2's \s does not know
 # (\x1c-\x1f and \x85 are control characters, already turned into spaces before).
@@ -139,9 +138,7 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
     t0 = time.perf_counter()
     model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
     module = build_serving_module(model, tokenizer.model_bytes(), cfg, beam)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         tf.saved_model.save(module, str(tmp),
                             signatures={"serving_default": module.translate.get_concrete_function()})
         write_json(tmp / "nmt_kd_export.json", {
@@ -151,12 +148,6 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
             "max_src_len": cfg.max_src_len, "length_buckets": length_buckets(cfg),
             "signature": "serving_default: sentences tf.string [N] -> translations tf.string [N]",
         })
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"export: {model_dir} -> {out} (SavedModel, beam {beam}, {size / 1e6:.1f} MB, "
         f"{time.perf_counter() - t0:.1f}s)")
@@ -248,9 +239,7 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
     step_concrete = step_fn.get_concrete_function()
     changed = probe["changed"]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         from nmt_kd.layers.rnn import tflite_friendly_loops
 
         with tflite_friendly_loops():  # no TensorArrays in the encoder's time loops
@@ -267,12 +256,6 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
             "changing_state": changed, "max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b,
             "max_len_cap": cfg.max_len_cap, "max_src_len": cfg.max_src_len, "tensors": io,
         })
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum((out / f).stat().st_size for f in TFLITE_FILES)
     log(f"export: {model_dir} -> {out} (TFLite, {quantize} weights, {size / 1e6:.1f} MB, "
         f"{time.perf_counter() - t0:.1f}s)")

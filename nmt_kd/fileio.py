@@ -36,6 +36,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temporary name; it appears at `path` only when complete.
+
+    `path` must not exist or be an empty directory. On any error the temporary directory
+    is removed and `path` is left as it was.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            path.rmdir()
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
     """Atomically write one line per item (items must not contain newlines). Returns the count."""
     n = 0
