@@ -101,11 +101,17 @@ def test_nan_loss_skip_mode_counts_and_continues(tiny_run, tmp_path):
     assert meta["skipped_nan_updates"] == 3  # calls 4, 8, 12 of 13
 
 
-def _wait_for(path_glob, run, timeout=120):
+def _wait_for(path_glob, run, timeout=400, proc=None):
+    """True once a checkpoint matching `path_glob` exists; False on timeout or if `proc` ended.
+
+    Generous timeout: on a loaded 2-core machine, TensorFlow's start-up alone can take minutes.
+    """
     t0 = time.time()
     while time.time() - t0 < timeout:
         if list((run / "teacher/checkpoints").glob(path_glob)):
             return True
+        if proc is not None and proc.poll() is not None:
+            return False
         time.sleep(0.2)
     return False
 
@@ -119,7 +125,7 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_run, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
     try:
-        assert _wait_for("ckpt-10.index", run), "no checkpoint appeared"
+        assert _wait_for("ckpt-10.index", run, proc=proc), "no checkpoint appeared"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
