@@ -87,14 +87,27 @@ def cmd_average(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from nmt_kd.distill import merge_shards, translate_shards
+    from nmt_kd.distill import merge_shards, shard_path, shard_ranges, translate_shards
+    from nmt_kd.distributed import tf_config_role
+    from nmt_kd.fileio import read_lines
 
     cfg = _load(args)
     run_dir = _run_dir(args, cfg)
+    # a multi-worker job: the worker index and count come from TF_CONFIG unless given
+    role = tf_config_role()
+    index = role.task_index if args.worker_index is None else args.worker_index
+    workers = role.num_workers if args.num_workers is None else args.num_workers
+    if not 0 <= index < workers:
+        raise UserError(f"--worker-index {index} is outside 0..{workers - 1}")
     if not args.merge_only:
-        translate_shards(cfg, run_dir, args.teacher, args.worker_index, args.num_workers)
-    if args.num_workers == 1 or args.merge_only:
+        translate_shards(cfg, run_dir, args.teacher, index, workers)
+    n_shards = len(shard_ranges(len(read_lines(run_dir / "data" / "train.src")), cfg.distill.shard_size))
+    all_done = all(shard_path(run_dir, i).is_file() for i in range(n_shards))
+    if workers == 1 or args.merge_only or (index == 0 and all_done):
         merge_shards(cfg, run_dir)
+    else:
+        print(f"distill: worker {index}/{workers} done; when every worker has finished, run "
+              "`nmt-kd distill --merge-only` (the first worker merges by itself if it ends last)")
     return 0
 
 
@@ -211,8 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=True)
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
     p.add_argument("--teacher", help="teacher model directory (default: RUN/teacher)")
-    p.add_argument("--worker-index", type=int, default=0, help="this worker's index (sharded runs)")
-    p.add_argument("--num-workers", type=int, default=1, help="number of workers sharing the shards")
+    p.add_argument("--worker-index", type=int, default=None,
+                   help="this worker's index (sharded runs; default: from TF_CONFIG, else 0)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="number of workers sharing the shards (default: from TF_CONFIG, else 1)")
     p.add_argument("--merge-only", action="store_true", help="only check and merge finished shards")
     p.set_defaults(func=cmd_distill)
 

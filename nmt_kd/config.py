@@ -161,9 +161,11 @@ class TrainConfig:
     patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
     average_last: int = 0  # average the last K checkpoints into the final model; 0: off
     on_nan: str = "stop"  # stop | skip
+    strategy: str = "default"  # default | mirrored | multi_worker | tpu (nmt_kd.distributed)
 
     def __post_init__(self) -> None:
         _one_of("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _one_of("train.strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
         _one_of("train.early_stop_metric", self.early_stop_metric, ("bleu", "loss"))
         _one_of("train.on_nan", self.on_nan, ("stop", "skip"))
         if self.max_tokens < self.max_len:

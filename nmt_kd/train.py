@@ -12,8 +12,10 @@ elapsed training time, then replays the same batches from where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +72,8 @@ class TrainResult:
     best: float | None
     history: list[dict]
     stopped_because: str
+    model: keras.Model | None = None  # the final model (also saved in model_dir)
+    losses: list[float] | None = None  # the training loss of every applied update, in order
 
 
 class Progress:
@@ -170,12 +174,13 @@ def topk_word_kd_loss(cfg: Config):
     return loss
 
 
-def make_optimizer(tc) -> keras.optimizers.Optimizer:
-    """Adam with inverse-square-root warm-up and global-norm clipping, built for `model`."""
+def make_optimizer(tc, clip: bool = True) -> keras.optimizers.Optimizer:
+    """Adam with inverse-square-root warm-up and (unless `clip` is False: the distributed
+    step clips the all-reduced gradients itself) global-norm clipping."""
     optimizer = keras.optimizers.Adam(
         learning_rate=InverseSqrtSchedule(tc.learning_rate, tc.warmup_steps),
         beta_1=tc.adam_beta1, beta_2=tc.adam_beta2, epsilon=tc.adam_epsilon,
-        global_clipnorm=tc.clip_norm or None,
+        global_clipnorm=(tc.clip_norm or None) if clip else None,
     )
     if tc.precision == "fp16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -183,14 +188,19 @@ def make_optimizer(tc) -> keras.optimizers.Optimizer:
 
 
 def make_train_step(model, optimizer, compute_loss, loss_scaling: bool = False,
-                    xla: bool = False, extra_specs: tuple = ()):
+                    xla: bool = False, extra_specs: tuple = (), strategy=None,
+                    clip_norm: float = 0.0):
     """One compiled update: forward, masked loss, gradients, and an update only if finite.
 
     `compute_loss(logits, tgt_out, src, tgt_in, *extra)` gets any extra per-batch inputs
     (described by `extra_specs`). Returns `(loss, n_tokens, finite)`; a non-finite loss or
-    gradient leaves every weight and optimizer slot untouched.
+    gradient leaves every weight and optimizer slot untouched. Under a `strategy` the
+    arguments are the global batch (see `_distributed_train_step`).
     """
     spec = tf.TensorSpec([None, None], tf.int32)
+    if strategy is not None:
+        return _distributed_train_step(model, optimizer, compute_loss, strategy, clip_norm,
+                                       [spec, spec, spec, *extra_specs])
 
     @tf.function(input_signature=[spec, spec, spec, *extra_specs], jit_compile=xla or None,
                  reduce_retracing=True)
@@ -209,6 +219,66 @@ def make_train_step(model, optimizer, compute_loss, loss_scaling: bool = False,
 
         tf.cond(finite, apply, lambda: tf.constant(False))
         return loss, ntok, finite
+
+    return train_step
+
+
+def _distributed_train_step(model, optimizer, compute_loss, strategy, clip_norm, signature):
+    """The update of `make_train_step` under a `tf.distribute` strategy.
+
+    Every replica gets the same global batch and keeps its rows (`replica_rows`); the
+    per-replica loss is divided by the GLOBAL token count and the gradients are summed
+    across replicas (an all-reduce), then clipped by global norm: exactly the single-device
+    gradient of the whole batch, on every replica. The update is applied
+    by a second compiled function only when the loss and gradients are finite (decided on
+    the host: a collective cannot sit inside a `tf.cond`), so a non-finite step leaves every
+    weight and slot untouched. The optimizer is built without clipping (it would clip
+    before any reduction).
+    """
+    from nmt_kd.distributed import replica_rows
+
+    variables = model.trainable_variables
+    total = tf.distribute.ReduceOp.SUM
+
+    def replica_step(src, tgt_in, tgt_out, *extra):
+        ctx = tf.distribute.get_replica_context()
+        n, r = ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
+        src, tgt_in, tgt_out = (replica_rows(t, r, n) for t in (src, tgt_in, tgt_out))
+        extra = tuple(replica_rows(e, r, n) for e in extra)
+        with tf.GradientTape() as tape:
+            logits = model((src, tgt_in), training=True)
+            loss_sum, ntok = compute_loss(logits, tgt_out, src, tgt_in, *extra)
+            global_ntok = ctx.all_reduce(total, ntok)
+            loss = loss_sum / tf.maximum(global_ntok, 1.0)
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(tape.gradient(loss, variables), variables, strict=True)]
+        grads = ctx.all_reduce(total, grads)
+        global_loss = ctx.all_reduce(total, loss)
+        finite = tf.math.is_finite(global_loss) & tf.math.is_finite(tf.linalg.global_norm(grads))
+        if clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+        return global_loss, global_ntok, finite, grads
+
+    @tf.function(input_signature=signature, reduce_retracing=True)
+    def compute(*args):
+        return strategy.run(replica_step, args=args)
+
+    def replica_apply(grads):
+        n = tf.distribute.get_replica_context().num_replicas_in_sync
+        # the optimizer sums the gradients across replicas again: hand it 1/n of the total
+        optimizer.apply_gradients(zip([g / n for g in grads], variables, strict=True))
+
+    @tf.function
+    def apply(grads):
+        strategy.run(replica_apply, args=(grads,))
+
+    def train_step(*args):
+        loss, ntok, finite, grads = compute(*args)
+        local = strategy.experimental_local_results
+        finite = local(finite)[0]
+        if bool(finite):  # decided on the host: no synchronisation inside a tf.cond
+            apply(grads)
+        return local(loss)[0], local(ntok)[0], finite
 
     return train_step
 
@@ -275,10 +345,22 @@ def train_model(
     `loss_fn(logits, tgt_out, src, tgt_in) -> (loss_sum, n_tokens)` replaces the loss
     (tests inject faults with it).
     """
-    run_dir = Path(run_dir)
-    name = name or arch
-    out = run_dir / name
+    from nmt_kd.distributed import make_strategy, strategy_role
+
     tc = train_section(cfg, arch)
+    # created first: MultiWorkerMirroredStrategy must exist before any other TF op runs
+    strategy = make_strategy(tc.strategy)
+    role = strategy_role(strategy)
+    if not role.is_chief:
+        log = lambda _m: None  # noqa: E731  (the chief reports for the job)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        return _train_model(cfg, Path(run_dir), arch, name or arch, kd, resume, log, loss_fn,
+                            distilled_data, meta, teacher_dir, tc, strategy, role)
+
+
+def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_data, meta,
+                 teacher_dir, tc, strategy, role) -> TrainResult:
+    out = run_dir / name
     tokenizer = Tokenizer(run_dir / "vocab" / "spm.model")
     set_precision(tc.precision)
     keras.utils.set_random_seed(tc.seed)
@@ -313,8 +395,11 @@ def train_model(
 
     model = build_model(arch, cfg.model, tokenizer.vocab_size)
     log(f"train {name}: {arch} with {model.count_params():,} parameters, precision {tc.precision}")
-    optimizer = make_optimizer(tc)
+    optimizer = make_optimizer(tc, clip=strategy is None)
     optimizer.build(model.trainable_variables)
+    if strategy is not None:
+        log(f"train {name}: strategy {tc.strategy}, {strategy.num_replicas_in_sync} replicas, "
+            f"{role.num_workers} worker(s); global batch <= {tc.max_tokens} tokens")
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     batch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -324,25 +409,30 @@ def train_model(
     ckpt = training_checkpoint(model, optimizer, epoch=epoch_var, batch=batch_var,
                                elapsed=elapsed_var, best=best_var, bad_evals=bad_evals_var)
     ckpt_dir = out / "checkpoints"
-    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=max(tc.keep_checkpoints, 1),
+    # Every worker restores from the chief's checkpoints (a shared file system); a
+    # non-chief worker takes part in each save (collective ops) but writes to a scratch dir.
+    write_dir = ckpt_dir if role.is_chief else Path(tempfile.mkdtemp(prefix=f"nmt_kd_worker{role.task_index}_"))
+    manager = tf.train.CheckpointManager(ckpt, write_dir, max_to_keep=max(tc.keep_checkpoints, 1),
                                          step_counter=optimizer.iterations)
-    best_manager = tf.train.CheckpointManager(ckpt, ckpt_dir / "best", max_to_keep=1,
+    best_manager = tf.train.CheckpointManager(ckpt, write_dir / "best", max_to_keep=1,
                                               step_counter=optimizer.iterations)
+    latest = tf.train.latest_checkpoint(ckpt_dir)
     history_path = out / "train_history.json"
     history: list[dict] = []
-    if manager.latest_checkpoint:
+    if latest:
         if not resume:
             raise UserError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue "
                             "that run, or use a new run directory")
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        ckpt.restore(latest).assert_existing_objects_matched()
         if history_path.is_file():
             from nmt_kd.fileio import read_json
 
             history = [h for h in read_json(history_path)["evals"]
                        if h["step"] <= int(optimizer.iterations.numpy())]
-        log(f"train {name}: resumed from {manager.latest_checkpoint} at step "
+        log(f"train {name}: resumed from {latest} at step "
             f"{int(optimizer.iterations.numpy())}, epoch {int(epoch_var.numpy())}, batch {int(batch_var.numpy())}")
-    save_config(cfg, out / "config.yaml")
+    if role.is_chief:
+        save_config(cfg, out / "config.yaml")
 
     eps = tc.label_smoothing
     compute_loss = loss_fn or (lambda logits, tgt_out, src, tgt_in: label_smoothed_ce(logits, tgt_out, eps))
@@ -351,7 +441,7 @@ def train_model(
     extra_specs = (tf.TensorSpec([None, None, None], tf.int32),
                    tf.TensorSpec([None, None, None], tf.float32)) if topk_store else ()
     train_step = make_train_step(model, optimizer, compute_loss, tc.precision == "fp16", tc.xla,
-                                 extra_specs)
+                                 extra_specs, strategy=strategy, clip_norm=tc.clip_norm)
 
     @tf.function(input_signature=[spec, spec, spec], reduce_retracing=True)
     def eval_step(src, tgt_in, tgt_out):
@@ -376,12 +466,14 @@ def train_model(
         hyps = Translator(model, tokenizer, cfg.decode).translate(valid_src[:n], beam=1).hypotheses
         return sacrebleu.corpus_bleu(hyps, [valid_tgt[:n]]).score
 
-    writer = tf.summary.create_file_writer(str(out / "logs"))
+    writer = (tf.summary.create_file_writer(str(out / "logs")) if role.is_chief
+              else tf.summary.create_noop_writer())
     progress = Progress(tc.log_every, tc.max_steps, tc.max_minutes * 60)
     start_elapsed = float(elapsed_var.numpy())
     t_start = time.perf_counter()
     window_tokens, window_t0, window_loss, window_n = 0.0, time.perf_counter(), 0.0, 0
     skipped_nan = 0
+    losses: list[float] = []
     recent_train_loss: float | None = None
     stopped = "finished"
     step = int(optimizer.iterations.numpy())
@@ -425,7 +517,8 @@ def train_model(
         if improved:
             elapsed_var.assign(elapsed())
             best_manager.save(checkpoint_number=step)
-        write_json(history_path, {"evals": history})
+        if role.is_chief:
+            write_json(history_path, {"evals": history})
         return tc.patience > 0 and int(bad_evals_var.numpy()) >= tc.patience
 
     def out_of_budget() -> str | None:
@@ -458,6 +551,7 @@ def train_model(
                     f"({skipped_nan} so far)")
                 continue
             step += 1
+            losses.append(float(loss))
             window_tokens += float(ntok)
             window_loss += float(loss)
             window_n += 1
@@ -511,8 +605,9 @@ def train_model(
                 stopped_because=stopped, final_weights=final_from, skipped_nan_updates=skipped_nan,
                 precision=tc.precision)
     keras.mixed_precision.set_global_policy("float32")
-    save_model_dir(model, out, tokenizer, info)
+    if role.is_chief:
+        save_model_dir(model, out, tokenizer, info)
     log(f"train {name}: stopped ({stopped}) at step {step}; saved {final_from} to {out / 'model.keras'}")
     best = float(best_var.numpy())
     return TrainResult(out, step, int(epoch_var.numpy()), None if math.isnan(best) else best,
-                       history, stopped)
+                       history, stopped, model, losses)

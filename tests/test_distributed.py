@@ -1,0 +1,202 @@
+"""Training and distillation on tf.distribute: same updates as one device, sharded distill.
+
+The multi-process tests start real worker processes on 127.0.0.1 (free ports), as a
+two-host job would, with tiny models and a few steps.
+"""
+
+import copy
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from nmt_kd.config import config_from_dict
+from nmt_kd.distributed import Role, make_strategy, replica_rows, tf_config_role
+from nmt_kd.errors import ConfigError
+
+quiet = lambda _m: None  # noqa: E731
+STEPS = 8
+
+
+def test_tf_config_role(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert tf_config_role() == Role(0, 1) and Role().is_chief
+    conf = {"cluster": {"worker": ["h1:1", "h2:2", "h3:3"]}, "task": {"type": "worker", "index": 2}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(conf))
+    role = tf_config_role()
+    assert role == Role(2, 3) and not role.is_chief
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        tf_config_role()
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        make_strategy("multi_worker")
+    with pytest.raises(ConfigError, match="strategy"):
+        config_from_dict({"train": {"strategy": "horovod"}})
+
+
+def test_replica_rows_partition_the_batch():
+    rows = np.arange(7)
+    parts = [replica_rows(rows, r, 3) for r in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == rows.tolist()
+    assert [len(p) for p in parts] == [3, 2, 2]
+
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    args = json.load(open(sys.argv[1]))
+    if args.get("logical_cpus"):
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
+    from nmt_kd.config import config_from_dict
+    from nmt_kd.train import train_model
+    res = train_model(config_from_dict(args["tree"]), args["run"], "teacher", name=args["name"],
+                      log=lambda m: None)
+    np.savez(args["out"], *res.model.get_weights())
+    json.dump({"losses": res.losses, "steps": res.steps}, open(args["out"] + ".json", "w"))
+""")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_run, tmp_path_factory):
+    """The run directory, the config tree, and the single-device reference run."""
+    from nmt_kd.train import train_model
+
+    run, tree = tiny_run
+    base = tmp_path_factory.mktemp("dist") / "run"
+    shutil.copytree(run, base)
+    tree = copy.deepcopy(tree)
+    tree["train"].update(max_steps=STEPS, eval_every=0, checkpoint_every=4, log_every=1)
+    ref = train_model(config_from_dict(tree), base, "teacher", name="single", log=quiet)
+    assert ref.steps == STEPS and len(ref.losses) == STEPS
+    return base, tree, ref
+
+
+def _launch(tmp_path, run, tree, name, out, env=None, logical_cpus=0):
+    args = {"tree": tree, "run": str(run), "name": name, "out": str(out), "logical_cpus": logical_cpus}
+    arg_file = tmp_path / f"{out.name}.args.json"
+    arg_file.write_text(json.dumps(args))
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", **(env or {}))
+    return subprocess.Popen([sys.executable, str(script), str(arg_file)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _result(proc, out):
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    weights = np.load(str(out) + ".npz")
+    return [weights[k] for k in sorted(weights.files, key=lambda k: int(k.split("_")[1]))], \
+        json.loads((out.parent / (out.name + ".json")).read_text())
+
+
+def _assert_same_training(ref, weights, record):
+    """Every step's loss matches the single-device run tightly; the weights closely.
+
+    Weights get a looser bound: a parameter whose true gradient is zero (the attention key
+    bias: softmax ignores a constant added to every score) receives float noise, and Adam
+    turns any gradient, noise included, into a step of about the learning rate.
+    """
+    assert record["steps"] == STEPS
+    np.testing.assert_allclose(record["losses"], ref.losses, rtol=2e-5)
+    ref_weights = ref.model.get_weights()
+    assert len(weights) == len(ref_weights)
+    for a, b in zip(weights, ref_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-3)  # learning rate 3e-3
+
+
+def test_mirrored_over_two_logical_cpus_matches_one_device(setup, tmp_path):
+    run, tree, ref = setup
+    tree = copy.deepcopy(tree)
+    tree["train"]["strategy"] = "mirrored"
+    out = tmp_path / "mirrored"
+    proc = _launch(tmp_path, run, tree, "mirrored", out, logical_cpus=2)
+    weights, record = _result(proc, out)
+    _assert_same_training(ref, weights, record)
+    assert (run / "mirrored" / "model.keras").is_file()
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_end_identical_and_match_one_process(setup, tmp_path):
+    run, tree, ref = setup
+    tree = copy.deepcopy(tree)
+    tree["train"]["strategy"] = "multi_worker"
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs, outs = [], []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        outs.append(tmp_path / f"worker{index}")
+        procs.append(_launch(tmp_path, run, tree, "multi", outs[-1],
+                             env={"TF_CONFIG": json.dumps(tf_config)}))
+    results = [_result(p, o) for p, o in zip(procs, outs, strict=True)]
+    (w0, r0), (w1, r1) = results
+    for a, b in zip(w0, w1, strict=True):
+        np.testing.assert_array_equal(a, b)  # the workers hold one model
+    assert r0["losses"] == r1["losses"]
+    _assert_same_training(ref, w0, r0)
+    # the chief alone wrote the model and the checkpoints
+    assert (run / "multi" / "model.keras").is_file()
+    assert sorted(p.name for p in (run / "multi").iterdir() if p.name.startswith("worker")) == []
+
+
+def test_sharded_distill_on_two_worker_processes_equals_one_process(tiny_run, tmp_path):
+    import yaml
+
+    from nmt_kd.distill import distill_corpus
+    from nmt_kd.fileio import read_lines
+    from nmt_kd.train import train_model
+
+    run, tree = tiny_run
+    tree = copy.deepcopy(tree)
+    tree["train"].update(max_steps=150, eval_every=0)
+    tree["distill"] = {"shard_size": 100, "beam": 2}
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(run, one)
+    cfg = config_from_dict(tree)
+    train_model(cfg, one, "teacher", log=quiet)
+    shutil.copytree(one, two)
+    distill_corpus(cfg, one, log=quiet)
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tree))
+    cmd = [sys.executable, "-m", "nmt_kd.cli", "distill", "--config", str(cfg_path), "--run-dir", str(two)]
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):  # the worker index and count come from TF_CONFIG
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CONFIG=json.dumps(tf_config))
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        output, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, output[-3000:]
+    shards = sorted((two / "distill" / "shards").iterdir())
+    assert len(shards) == 6  # 540 lines in shards of 100, split over the two workers
+    merged = subprocess.run(cmd + ["--merge-only"], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    for side in ("src", "tgt"):
+        assert read_lines(two / "distill" / f"train.{side}") == read_lines(one / "distill" / f"train.{side}")
+    assert len(read_lines(two / "distill" / "train.src")) >= 500
