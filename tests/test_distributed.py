@@ -62,8 +62,9 @@ WORKER = textwrap.dedent("""
             cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
     from nmt_kd.config import config_from_dict
     from nmt_kd.train import train_model
-    res = train_model(config_from_dict(args["tree"]), args["run"], "teacher", name=args["name"],
-                      log=lambda m: None)
+    res = train_model(config_from_dict(args["tree"]), args["run"], args.get("arch", "teacher"),
+                      name=args["name"], kd=args.get("kd", "none"),
+                      teacher_dir=args.get("teacher_dir"), log=lambda m: None)
     np.savez(args["out"], *res.model.get_weights())
     json.dump({"losses": res.losses, "steps": res.steps}, open(args["out"] + ".json", "w"))
 """)
@@ -84,8 +85,9 @@ def setup(tiny_run, tmp_path_factory):
     return base, tree, ref
 
 
-def _launch(tmp_path, run, tree, name, out, env=None, logical_cpus=0):
-    args = {"tree": tree, "run": str(run), "name": name, "out": str(out), "logical_cpus": logical_cpus}
+def _launch(tmp_path, run, tree, name, out, env=None, logical_cpus=0, **train_args):
+    args = {"tree": tree, "run": str(run), "name": name, "out": str(out), "logical_cpus": logical_cpus,
+            **train_args}
     arg_file = tmp_path / f"{out.name}.args.json"
     arg_file.write_text(json.dumps(args))
     script = tmp_path / "worker.py"
@@ -127,6 +129,25 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(setup, tmp_path):
     weights, record = _result(proc, out)
     _assert_same_training(ref, weights, record)
     assert (run / "mirrored" / "model.keras").is_file()
+
+
+def test_online_word_kd_under_mirrored_matches_one_device(setup, tmp_path):
+    from nmt_kd.train import train_model
+
+    run, tree, _ = setup
+    tree = copy.deepcopy(tree)
+    tree["student_train"].update(max_steps=STEPS, eval_every=0, checkpoint_every=4, log_every=1)
+    tree["distill"] = {"teacher_mode": "online", "alpha": 0.5, "temperature": 2.0}
+    tree["model"]["student_rnn"]["dropout"] = 0.0  # replicas draw other dropout masks
+    teacher = str(run / "single")
+    ref = train_model(config_from_dict(tree), run, "student_rnn", name="kd_single", kd="word",
+                      teacher_dir=teacher, log=quiet)
+    tree["student_train"]["strategy"] = "mirrored"
+    out = tmp_path / "kd_mirrored"
+    proc = _launch(tmp_path, run, tree, "kd_mirrored", out, logical_cpus=2, arch="student_rnn",
+                   kd="word", teacher_dir=teacher)
+    weights, record = _result(proc, out)
+    _assert_same_training(ref, weights, record)
 
 
 def _free_ports(n):
