@@ -63,7 +63,7 @@ WORKER = textwrap.dedent("""
     from nmt_kd.config import config_from_dict
     from nmt_kd.train import train_model
     res = train_model(config_from_dict(args["tree"]), args["run"], args.get("arch", "teacher"),
-                      name=args["name"], kd=args.get("kd", "none"),
+                      name=args["name"], kd=args.get("kd", "none"), resume=args.get("resume", False),
                       teacher_dir=args.get("teacher_dir"), log=lambda m: None)
     np.savez(args["out"], *res.model.get_weights())
     json.dump({"losses": res.losses, "steps": res.steps}, open(args["out"] + ".json", "w"))
@@ -114,6 +114,7 @@ def _assert_same_training(ref, weights, record):
     """
     assert record["steps"] == STEPS
     np.testing.assert_allclose(record["losses"], ref.losses, rtol=2e-5)
+    assert len(record["losses"]) == STEPS
     ref_weights = ref.model.get_weights()
     assert len(weights) == len(ref_weights)
     for a, b in zip(weights, ref_weights, strict=True):
@@ -179,7 +180,33 @@ def test_two_workers_end_identical_and_match_one_process(setup, tmp_path):
     _assert_same_training(ref, w0, r0)
     # the chief alone wrote the model and the checkpoints
     assert (run / "multi" / "model.keras").is_file()
-    assert sorted(p.name for p in (run / "multi").iterdir() if p.name.startswith("worker")) == []
+    assert sorted(p.name for p in (run / "multi" / "checkpoints").glob("ckpt-*.index")) == \
+        ["ckpt-4.index", "ckpt-8.index"]
+
+
+def test_two_workers_resume_from_the_chiefs_checkpoint(setup, tmp_path):
+    """Stopped at step 4 and resumed to 8 on both workers = one uninterrupted 8-step run."""
+    run, tree, ref = setup
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+
+    def job(steps, resume):
+        t = copy.deepcopy(tree)
+        t["train"].update(strategy="multi_worker", max_steps=steps)
+        procs, outs = [], []
+        for index in range(2):
+            tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+            outs.append(tmp_path / f"w{index}_{steps}")
+            procs.append(_launch(tmp_path, run, t, "multi_resume", outs[-1], resume=resume,
+                                 env={"TF_CONFIG": json.dumps(tf_config)}))
+        return [_result(p, o) for p, o in zip(procs, outs, strict=True)]
+
+    first = job(4, False)
+    assert first[0][1]["steps"] == 4
+    (w0, r0), (w1, _) = job(STEPS, True)
+    assert r0["steps"] == STEPS and len(r0["losses"]) == STEPS - 4  # continued, not restarted
+    np.testing.assert_allclose(first[0][1]["losses"] + r0["losses"], ref.losses, rtol=2e-5)
+    for a, b in zip(w0, w1, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sharded_distill_on_two_worker_processes_equals_one_process(tiny_run, tmp_path):
