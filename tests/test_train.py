@@ -101,42 +101,47 @@ def test_nan_loss_skip_mode_counts_and_continues(tiny_run, tmp_path):
     assert meta["skipped_nan_updates"] == 3  # calls 4, 8, 12 of 13
 
 
-def _wait_for(path_glob, run, timeout=400, proc=None):
-    """True once a checkpoint matching `path_glob` exists; False on timeout or if `proc` ended.
+def _wait_for(min_step, run, timeout=400, proc=None):
+    """True once a checkpoint of step >= `min_step` exists; False on timeout or if `proc` ended.
 
-    Generous timeout: on a loaded 2-core machine, TensorFlow's start-up alone can take minutes.
+    Any step at or past `min_step` counts: older checkpoints are rotated away, and a fast
+    machine may pass step `min_step` between two polls. Generous timeout: on a loaded 2-core
+    machine, TensorFlow's start-up alone can take minutes.
     """
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if list((run / "teacher/checkpoints").glob(path_glob)):
+        steps = [int(p.name.split("-")[1].split(".")[0])
+                 for p in (run / "teacher/checkpoints").glob("ckpt-*.index")]
+        if steps and max(steps) >= min_step:
             return True
         if proc is not None and proc.poll() is not None:
             return False
-        time.sleep(0.2)
+        time.sleep(0.1)
     return False
 
 
 def test_killed_run_resumes_from_last_checkpoint(tiny_run, tmp_path):
     run, tree = fresh_run(tiny_run, tmp_path)
-    tree["train"].update(max_steps=120, eval_every=0, checkpoint_every=5, keep_checkpoints=2)
+    # far more steps than it will live for: it is killed soon after step 10
+    tree["train"].update(max_steps=5000, eval_every=0, checkpoint_every=5, keep_checkpoints=2)
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(tree))
     cmd = [sys.executable, "-m", "nmt_kd.cli", "train", "--config", str(cfg_path), "--run-dir", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
     try:
-        assert _wait_for("ckpt-10.index", run, proc=proc), "no checkpoint appeared"
+        assert _wait_for(10, run, proc=proc), "no checkpoint appeared"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert not (run / "teacher/model.keras").exists()  # it really died mid-run
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
+    r = subprocess.run(cmd + ["--resume", "--set", "train.max_steps=400"], capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
     assert r.returncode == 0, r.stderr[-2000:]
     resumed_at = int(r.stdout.split("at step ")[1].split(",")[0])
-    assert resumed_at >= 10
+    assert 10 <= resumed_at < 400
     meta = json.loads((run / "teacher/model.json").read_text())
-    assert meta["steps"] == 120
+    assert meta["steps"] == 400
     model, tok, _ = load_model_dir(run / "teacher")
     src = np.array([[5, 6, 7, 3]], np.int32)
     logits = model((src, np.array([[2, 5, 6]], np.int32)), training=False)
