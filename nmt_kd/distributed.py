@@ -89,6 +89,20 @@ def strategy_role(strategy) -> Role:
     return Role()
 
 
+def free_local_ports(n: int) -> list[int]:
+    """`n` TCP ports free on 127.0.0.1 right now (for local multi-worker jobs and tests)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def replica_rows(x, replica: int, replicas: int):
     """Rows `replica`, `replica + replicas`, ... of a batch: each replica's share."""
     return x[replica::replicas]

@@ -13,22 +13,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from nmt_kd.distributed import free_local_ports
 
 
 def run(args, run_dir, steps, workers):
@@ -38,7 +29,7 @@ def run(args, run_dir, steps, workers):
            "--set", f"{section(args.model)}.checkpoint_every=0"]
     if workers > 1:
         cmd += ["--set", f"{section(args.model)}.strategy=multi_worker"]
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(workers)]
+    hosts = [f"127.0.0.1:{p}" for p in free_local_ports(workers)]
     t0 = time.perf_counter()
     procs = []
     for i in range(workers):

@@ -8,7 +8,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from nmt_kd.config import config_from_dict
-from nmt_kd.distributed import Role, make_strategy, replica_rows, tf_config_role
+from nmt_kd.distributed import Role, free_local_ports, make_strategy, replica_rows, tf_config_role
 from nmt_kd.errors import ConfigError
 
 quiet = lambda _m: None  # noqa: E731
@@ -152,13 +151,7 @@ def test_online_word_kd_under_mirrored_matches_one_device(setup, tmp_path):
 
 
 def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    return free_local_ports(n)
 
 
 def test_two_workers_end_identical_and_match_one_process(setup, tmp_path):
