@@ -68,3 +68,47 @@ def speed_ratios(result: dict, reference: str, ref_beam: int) -> list[dict]:
     return [{"model": r["model"], "beam": r["beam"], "batch_size": r["batch_size"],
              "ratio": round(r["sentences_per_second"] / ref[r["batch_size"]], 2)}
             for r in result["rows"] if r["batch_size"] in ref]
+
+
+_MEMORY_PROBE = """
+import json, resource, sys
+from nmt_kd.config import config_from_dict
+from nmt_kd.translate import open_translator, read_input_lines
+args = json.loads(sys.argv[1])
+cfg = config_from_dict({"decode": args["decode"]}).decode
+import tensorflow  # noqa: F401  (the baseline includes the framework itself)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tr, _, _ = open_translator(args["model"], cfg)
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tr.translate(read_input_lines(args["src"])[: args["sentences"]], beam=args["beam"],
+             batch_size=args["batch_size"])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"baseline_mb": base / 1024, "after_load_mb": loaded / 1024, "peak_mb": peak / 1024}))
+"""
+
+
+def peak_memory(model_dir: str | Path, src: str | Path, beam: int, batch_size: int,
+                sentences: int, decode_cfg: DecodeConfig) -> dict:
+    """Peak resident memory (MB) of a fresh process that loads the model and translates.
+
+    One process per measurement, since a process's peak never goes down: `baseline_mb` is
+    Python + TensorFlow imported, `peak_mb` the high-water mark after translating, and
+    `model_and_decoding_mb` their difference.
+    """
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+
+    args = {"model": str(model_dir), "src": str(src), "beam": beam, "batch_size": batch_size,
+            "sentences": sentences, "decode": dataclasses.asdict(decode_cfg)}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(args)],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode:
+        raise RuntimeError(f"memory probe for {model_dir} failed:\n{proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = {k: round(v, 1) for k, v in out.items()}
+    out["model_and_decoding_mb"] = round(out["peak_mb"] - out["baseline_mb"], 1)
+    return out

@@ -161,6 +161,18 @@ def cmd_bench(args) -> int:
     for r in result["ratios_to_first_model"]:
         print(f"{Path(r['model']).name:>24} beam {r['beam']} batch {r['batch_size']:>3}: "
               f"{r['ratio']:.2f}x the first model at beam {max(args.beams)}")
+    if args.memory:
+        from nmt_kd.bench import peak_memory
+        from nmt_kd.tflite_translate import is_tflite_dir
+
+        result["memory"] = []
+        for model in args.models:
+            beam = 1 if is_tflite_dir(model) else max(args.beams)
+            bs = max(args.batch_sizes)
+            m = peak_memory(model, args.src, beam, bs, args.sentences or 1000, _decode_config(args))
+            result["memory"].append({"model": model, "beam": beam, "batch_size": bs, **m})
+            print(f"{Path(model).name:>24} beam {beam} batch {bs:>3}: peak {m['peak_mb']:.0f} MB "
+                  f"({m['model_and_decoding_mb']:.0f} MB over Python + TensorFlow)")
     if args.out:
         write_json(args.out, result)
         print(f"wrote {args.out}")
@@ -271,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     p.add_argument("--batch1-sentences", type=int, default=100, help="sentences timed at batch 1")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory", action="store_true",
+                   help="also measure each model's peak memory (one fresh process per model)")
     p.add_argument("--out", help="JSON output")
     p.set_defaults(func=cmd_bench)
 

@@ -153,3 +153,17 @@ def test_bench_interleaves_models_and_reports_ratios(tiny_teacher):
     ratios = speed_ratios(res, model, 2)
     assert {(r["beam"], r["batch_size"]) for r in ratios} == {(1, 1), (1, 4), (2, 1), (2, 4)}
     assert all(r["ratio"] > 0 for r in ratios)
+
+
+def test_peak_memory_is_measured_in_a_fresh_process(tiny_teacher, tmp_path):
+    from nmt_kd.bench import peak_memory
+
+    src = tmp_path / "src.txt"
+    src.write_text("The dog runs.\nA cat sits on the house.\n" * 6)
+    m = peak_memory(tiny_teacher / "teacher", src, beam=2, batch_size=4, sentences=12,
+                    decode_cfg=DecodeConfig(max_len_cap=32))
+    assert m["baseline_mb"] > 100  # Python with TensorFlow imported
+    assert m["baseline_mb"] <= m["after_load_mb"] <= m["peak_mb"]
+    assert m["model_and_decoding_mb"] == pytest.approx(m["peak_mb"] - m["baseline_mb"], abs=0.2)
+    with pytest.raises(RuntimeError, match="memory probe"):
+        peak_memory(tmp_path / "missing", src, 1, 4, 12, DecodeConfig(max_len_cap=32))
