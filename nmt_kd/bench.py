@@ -25,15 +25,14 @@ def bench_decoding(
     from nmt_kd.translate import open_translator
 
     decode_cfg = decode_cfg or DecodeConfig()
-    translators = []  # a list, not a dict: the same directory may be listed twice (a control)
+    loaded = []  # a list, not a dict: the same directory may be listed twice (a control)
     for d in model_dirs:
         tr, meta, _ = open_translator(d, decode_cfg)
-        translators.append((str(d), tr, meta, int(tr.model.count_params())))
-    everyone = translators
+        loaded.append((str(d), tr, meta, int(tr.model.count_params())))
     rows = []
     for beam in beams:
         # TFLite exports decode greedily: they sit out the beam rows
-        translators = [t for t in everyone if beam == 1 or not t[2].get("format", "").startswith("tflite")]
+        translators = [t for t in loaded if beam == 1 or not t[2].get("format", "").startswith("tflite")]
         for bs in batch_sizes:
             lines = src_lines[:batch1_sentences] if bs == 1 else src_lines
             times: list[list[float]] = [[] for _ in translators]

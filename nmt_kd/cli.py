@@ -87,7 +87,7 @@ def cmd_average(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from nmt_kd.distill import merge_shards, shard_path, shard_ranges, translate_shards
+    from nmt_kd.distill import merge_shards, missing_shards, translate_shards
     from nmt_kd.distributed import tf_config_role
     from nmt_kd.fileio import read_lines
 
@@ -101,9 +101,12 @@ def cmd_distill(args) -> int:
         raise UserError(f"--worker-index {index} is outside 0..{workers - 1}")
     if not args.merge_only:
         translate_shards(cfg, run_dir, args.teacher, index, workers)
-    n_shards = len(shard_ranges(len(read_lines(run_dir / "data" / "train.src")), cfg.distill.shard_size))
-    all_done = all(shard_path(run_dir, i).is_file() for i in range(n_shards))
-    if workers == 1 or args.merge_only or (index == 0 and all_done):
+
+    def others_done() -> bool:  # worker 0 merges when it finishes last
+        n_lines = len(read_lines(run_dir / "data" / "train.src"))
+        return not missing_shards(run_dir, n_lines, cfg.distill.shard_size)[0]
+
+    if workers == 1 or args.merge_only or (index == 0 and others_done()):
         merge_shards(cfg, run_dir)
     else:
         print(f"distill: worker {index}/{workers} done; when every worker has finished, run "

@@ -112,6 +112,12 @@ def translate_shards(
     return todo
 
 
+def missing_shards(run_dir: str | Path, n_lines: int, shard_size: int) -> tuple[list[int], int]:
+    """(indices of the shards not written yet, number of shards) for `n_lines` source lines."""
+    n_shards = len(shard_ranges(n_lines, shard_size))
+    return [i for i in range(n_shards) if not shard_path(run_dir, i).is_file()], n_shards
+
+
 def merge_shards(cfg: Config, run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
     """Check and merge all shards into RUN/distill/train.{src,tgt}; returns the manifest."""
     run_dir = Path(run_dir)
@@ -119,7 +125,7 @@ def merge_shards(cfg: Config, run_dir: str | Path, log: Callable[[str], None] = 
     src = read_lines(run_dir / "data" / "train.src")
     ref = read_lines(run_dir / "data" / "train.tgt")
     ranges = shard_ranges(len(src), dc.shard_size)
-    missing = [i for i in range(len(ranges)) if not shard_path(run_dir, i).is_file()]
+    missing, _ = missing_shards(run_dir, len(src), dc.shard_size)
     if missing:
         raise UserError(f"distillation is incomplete: {len(missing)} of {len(ranges)} shards are "
                         f"missing (first: {shard_path(run_dir, missing[0])}); run `nmt-kd distill` again")

@@ -122,6 +122,12 @@ def build_serving_module(model, spm_bytes: bytes, cfg: DecodeConfig, beam: int):
     return ServedTranslator()
 
 
+def _require_empty(out: Path) -> None:
+    """Refuse, before any work, an output directory `atomic_directory` could not replace."""
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty; choose a new --out directory")
+
+
 def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
                       beam: int | None = None, log=print) -> Path:
     """Write `out` (a SavedModel directory) atomically: complete or absent."""
@@ -133,8 +139,7 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
     beam = beam or cfg.beam
     if beam < 1:
         raise UserError(f"--beam must be at least 1, got {beam}")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} already exists and is not empty; choose a new --out directory")
+    _require_empty(out)
     t0 = time.perf_counter()
     model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
     module = build_serving_module(model, tokenizer.model_bytes(), cfg, beam)
@@ -157,18 +162,6 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
 # -- TFLite (int8 weights) ----------------------------------------------------------------
 
 TFLITE_FILES = ("encoder.tflite", "step.tflite")
-
-
-def _state_specs(model, cap: int):
-    """Names, dtypes and shapes (batch and source length left open) of the decoding state."""
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
-    def init(src):
-        return model.init_decode_state(model.encode(src, training=False), cap)
-
-    out = init.get_concrete_function().structured_outputs
-    return {k: tf.TensorSpec(v.shape, v.dtype, name=f"state_{k}") for k, v in sorted(out.items())}
 
 
 def _to_tflite(concrete, quantize: str) -> tuple[bytes, list[str], list[str]]:
@@ -206,20 +199,25 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
     model_dir, out = Path(model_dir), Path(out)
     if quantize not in ("int8", "none"):
         raise UserError(f"--quantize must be int8 or none, got {quantize!r}")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} already exists and is not empty; choose a new --out directory")
+    _require_empty(out)
     t0 = time.perf_counter()
     model, tokenizer, meta = load_model_dir(model_dir, "fp32")
     if meta.get("model_type") == "teacher" or type(model).__name__ == "TransformerTeacher":
         raise UserError("the TFLite export is for students (their decoding state has a fixed "
                         "size); export the teacher with --format savedmodel")
-    specs = _state_specs(model, cfg.max_len_cap)
-    keys = list(specs)
+    from nmt_kd.layers.rnn import tflite_friendly_loops
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="src")])
     def encode(src):
         state = model.init_decode_state(model.encode(src, training=False), cfg.max_len_cap)
-        return {f"state_{k}": state[k] for k in keys}
+        return {f"state_{k}": v for k, v in state.items()}
+
+    with tflite_friendly_loops():  # no TensorArrays in the encoder's time loops
+        encode_concrete = encode.get_concrete_function()
+    # the decoding state's names, dtypes and shapes (batch and source length left open)
+    specs = {name[len("state_"):]: tf.TensorSpec(v.shape, v.dtype, name=name)
+             for name, v in sorted(encode_concrete.structured_outputs.items())}
+    keys = list(specs)
 
     # Which entries does a step change? (decode_step passes the others through unchanged)
     probe = {}
@@ -240,10 +238,6 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
     changed = probe["changed"]
 
     with atomic_directory(out) as tmp:
-        from nmt_kd.layers.rnn import tflite_friendly_loops
-
-        with tflite_friendly_loops():  # no TensorArrays in the encoder's time loops
-            encode_concrete = encode.get_concrete_function()
         io = {}
         for name, concrete in (("encoder", encode_concrete), ("step", step_concrete)):
             data, inputs, outputs = _to_tflite(concrete, quantize)

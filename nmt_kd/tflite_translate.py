@@ -22,8 +22,6 @@ from nmt_kd.fileio import read_json
 from nmt_kd.tokenizer import Tokenizer
 from nmt_kd.translate import Translator
 
-TFLITE_SIZE_FILES = ("encoder.tflite", "step.tflite")
-
 
 def is_tflite_dir(path: str | Path) -> bool:
     return (Path(path) / "tflite.json").is_file()

@@ -154,14 +154,15 @@ def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int
     """(translator, model meta, size on disk in bytes) for a model directory or a TFLite export."""
     from pathlib import Path
 
-    from nmt_kd.tflite_translate import TFLITE_SIZE_FILES, TFLiteTranslator, is_tflite_dir
+    from nmt_kd.export import TFLITE_FILES
+    from nmt_kd.tflite_translate import TFLiteTranslator, is_tflite_dir
 
     model_dir = Path(model_dir)
     if is_tflite_dir(model_dir):
         tr = TFLiteTranslator(model_dir, cfg)
         meta = dict(tr.meta, model_type=f"{tr.meta.get('model_type')}",
                     format=f"tflite-{tr.meta['quantize']}")
-        return tr, meta, sum((model_dir / f).stat().st_size for f in TFLITE_SIZE_FILES)
+        return tr, meta, sum((model_dir / f).stat().st_size for f in TFLITE_FILES)
     from nmt_kd.models.registry import load_model_dir
 
     model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
