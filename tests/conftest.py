@@ -77,6 +77,17 @@ TINY_OVERRIDES = {
 TINY_OVERRIDES["student_train"] = dict(TINY_OVERRIDES["train"])
 
 
+def clone_run(tiny_run, directory: Path) -> tuple[Path, dict]:
+    """A private copy of the `tiny_run` directory (`directory/run`) and of its config tree."""
+    import copy
+    import shutil
+
+    run, tree = tiny_run
+    dst = Path(directory) / "run"
+    shutil.copytree(run, dst)
+    return dst, copy.deepcopy(tree)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A prepared run directory (data + vocab) over the toy corpus, and its config tree."""

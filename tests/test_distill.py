@@ -10,6 +10,7 @@ import time
 import pytest
 import sacrebleu
 import yaml
+from conftest import clone_run
 
 from nmt_kd.config import config_from_dict
 from nmt_kd.distill import distill_corpus, merge_shards, shard_path, shard_ranges, translate_shards
@@ -23,10 +24,7 @@ quiet = lambda _m: None  # noqa: E731
 def teacher_run(tiny_run, tmp_path_factory):
     from nmt_kd.train import train_model
 
-    run, tree = tiny_run
-    base = tmp_path_factory.mktemp("dist") / "run"
-    shutil.copytree(run, base)
-    tree = copy.deepcopy(tree)
+    base, tree = clone_run(tiny_run, tmp_path_factory.mktemp("dist"))
     tree["train"].update(max_steps=150, eval_every=0)  # enough to emit non-empty translations
     tree["distill"] = {"shard_size": 128, "beam": 2}
     train_model(config_from_dict(tree), base, "teacher", log=quiet)

@@ -14,6 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import clone_run
 
 from nmt_kd.config import config_from_dict
 from nmt_kd.distributed import Role, free_local_ports, make_strategy, replica_rows, tf_config_role
@@ -74,10 +75,7 @@ def setup(tiny_run, tmp_path_factory):
     """The run directory, the config tree, and the single-device reference run."""
     from nmt_kd.train import train_model
 
-    run, tree = tiny_run
-    base = tmp_path_factory.mktemp("dist") / "run"
-    shutil.copytree(run, base)
-    tree = copy.deepcopy(tree)
+    base, tree = clone_run(tiny_run, tmp_path_factory.mktemp("dist"))
     tree["train"].update(max_steps=STEPS, eval_every=0, checkpoint_every=4, log_every=1)
     ref = train_model(config_from_dict(tree), base, "teacher", name="single", log=quiet)
     assert ref.steps == STEPS and len(ref.losses) == STEPS

@@ -1,13 +1,12 @@
 """Export for serving: the SavedModel takes strings, returns strings, equals `Translator`."""
 
-import copy
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from conftest import clone_run
 
 from nmt_kd.config import config_from_dict
 from nmt_kd.data.clean import normalize
@@ -32,10 +31,7 @@ EDGE_LINES = [
 def trained(tiny_run, tmp_path_factory):
     from nmt_kd.train import train_model
 
-    run, tree = tiny_run
-    base = tmp_path_factory.mktemp("export") / "run"
-    shutil.copytree(run, base)
-    tree = copy.deepcopy(tree)
+    base, tree = clone_run(tiny_run, tmp_path_factory.mktemp("export"))
     tree["train"].update(max_steps=120, eval_every=0)
     tree["student_train"].update(max_steps=150, eval_every=0)
     tree["decode"]["max_src_len"] = 40

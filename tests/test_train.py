@@ -2,7 +2,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from conftest import clone_run
 
 from nmt_kd.config import config_from_dict
 from nmt_kd.errors import UserError
@@ -21,10 +21,7 @@ from nmt_kd.train import InverseSqrtSchedule, TrainingDiverged, train_model
 
 
 def fresh_run(tiny_run, tmp_path):
-    run, tree = tiny_run
-    dst = tmp_path / "run"
-    shutil.copytree(run, dst)
-    return dst, copy.deepcopy(tree)
+    return clone_run(tiny_run, tmp_path)
 
 
 def quiet(_m):

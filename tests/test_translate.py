@@ -1,4 +1,3 @@
-import copy
 import json
 import shutil
 import subprocess
@@ -6,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import clone_run
 
 from nmt_kd.config import DecodeConfig, config_from_dict
 from nmt_kd.errors import UserError
@@ -21,10 +21,7 @@ REQUIRED = {"model", "model_type", "kd", "params", "test_set", "beam", "batch_si
 def tiny_teacher(tiny_run, tmp_path_factory):
     from nmt_kd.train import train_model
 
-    run, tree = tiny_run
-    dst = tmp_path_factory.mktemp("tt") / "run"
-    shutil.copytree(run, dst)
-    tree = copy.deepcopy(tree)
+    dst, tree = clone_run(tiny_run, tmp_path_factory.mktemp("tt"))
     tree["train"].update(max_steps=40, eval_every=0)
     train_model(config_from_dict(tree), dst, "teacher", log=lambda _m: None)
     return dst
