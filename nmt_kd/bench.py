@@ -111,3 +111,144 @@ def peak_memory(model_dir: str | Path, src: str | Path, beam: int, batch_size: i
     out = {k: round(v, 1) for k, v in out.items()}
     out["model_and_decoding_mb"] = round(out["peak_mb"] - out["baseline_mb"], 1)
     return out
+
+
+# -- training throughput --------------------------------------------------------------------
+
+# Assumed peak of this kind of CPU (state it with every fraction): AMD Zen 4 has two 256-bit
+# FMA pipes per core (AVX-512 runs as two halves): 2 x 8 fp32 lanes x 2 flops = 32 fp32
+# flops/cycle; VDPBF16PS does two bf16 products per fp32 lane, so 64 bf16 flops/cycle.
+PEAK_FLOPS_PER_CYCLE = {"fp32": 32, "bf16": 64}
+
+
+def cpu_peak_flops(precision: str, cores: int | None = None, ghz: float | None = None) -> dict:
+    """The assumed peak flop/s: cores x clock (the nominal MHz in /proc/cpuinfo) x flops/cycle."""
+    import os
+
+    cores = cores or os.cpu_count() or 1
+    if ghz is None:
+        ghz = 0.0
+        try:
+            for line in open("/proc/cpuinfo", encoding="utf-8"):
+                if line.startswith("cpu MHz"):
+                    ghz = float(line.split(":")[1]) / 1000
+                    break
+        except OSError:
+            pass
+    per_cycle = PEAK_FLOPS_PER_CYCLE.get(precision, PEAK_FLOPS_PER_CYCLE["fp32"])
+    return {"cores": cores, "ghz": round(ghz, 3), "flops_per_cycle": per_cycle,
+            "peak_gflops": round(cores * ghz * per_cycle, 1)}
+
+
+def param_split(model) -> dict:
+    """Parameters by role, for a flop estimate: encoder, decoder (output layer included:
+    the tied `[V, E]` matrix counts as the decoder's output projection) and lookups (position
+    tables, no flops). Classified by variable path: `encoder*` / `src_*` is the encoder."""
+    enc = dec = lookup = 0
+    for v in model.trainable_variables:
+        parts = v.path.split("/")
+        top, n = (parts[1] if len(parts) > 1 else parts[0]), int(v.shape.num_elements())
+        if top.startswith(("encoder", "src_")):
+            enc += n
+        elif top.endswith("positions"):
+            lookup += n
+        else:
+            dec += n
+    return {"encoder": enc, "decoder": dec, "lookup": lookup}
+
+
+def train_flops(split: dict, src_tokens: int, tgt_tokens: int) -> float:
+    """~6 flops per parameter per token it touches (2 forward, 4 backward): every encoder
+    parameter once per source token, every decoder parameter once per target token.
+    Attention over the sequence (O(length) per token) is left out: for Multi30k's ~13-token
+    sentences it is a few percent of the total."""
+    return 6.0 * (split["encoder"] * src_tokens + split["decoder"] * tgt_tokens)
+
+
+def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps: int = 20,
+                   warmup: int = 3, repeats: int = 3, log: Callable[[str], None] = print) -> dict:
+    """Training throughput of each Keras model in `model_dirs` on the same batches.
+
+    Each model is loaded (its weights and dtype policy as trained) with a fresh optimizer from
+    its training section, warmed up on `warmup` batches (tracing), then timed over the same
+    `steps` batches of RUN/data/train.* `repeats` times, interleaved across models. The loss
+    is the gold label-smoothed cross-entropy (seq-KD trains exactly so; offline word-KD adds
+    a top-k lookup). Reports target tokens/s and the estimated share of the CPU's peak.
+    """
+    import numpy as np
+
+    from nmt_kd.dataset import BatchStream, encode_pairs
+    from nmt_kd.losses import label_smoothed_ce
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.tflite_translate import is_tflite_dir
+    from nmt_kd.train import load_pairs, make_optimizer, make_train_step, train_section
+
+    run_dir = Path(run_dir)
+    src, tgt = load_pairs(run_dir, "train")
+    entries, tokenizer_sha = [], None
+    for d in model_dirs:
+        if is_tflite_dir(d):
+            continue  # an inference-only export
+        model, tok, meta = load_model_dir(d)
+        arch = meta.get("model_type") or "teacher"
+        sha = meta.get("tokenizer_sha256")
+        if tokenizer_sha and sha and sha != tokenizer_sha:
+            log(f"bench training: {d} uses another tokenizer than {entries[0]['model']}; skipped")
+            continue
+        tokenizer_sha = tokenizer_sha or sha
+        tc = train_section(cfg, arch)
+        optimizer = make_optimizer(tc)
+        optimizer.build(model.trainable_variables)
+        eps = tc.label_smoothing
+        step = make_train_step(model, optimizer,
+                               lambda logits, tgt_out, s, t, eps=eps: label_smoothed_ce(logits, tgt_out, eps))
+        entries.append({"model": str(d), "arch": arch, "tok": tok, "step": step, "tc": tc,
+                        "precision": meta.get("precision") or tc.precision,
+                        "params": int(model.count_params()), "split": param_split(model)})
+    if not entries:
+        return {"rows": []}
+    pairs = encode_pairs(entries[0]["tok"], src, tgt, max(e["tc"].max_len for e in entries))
+    max_tokens = min(e["tc"].max_tokens for e in entries)
+    stream = BatchStream(pairs, max_tokens, seed=1)
+    batches = [b for _, b in zip(range(warmup + steps), stream.iter_numpy(0), strict=False)]
+    if len(batches) < warmup + steps:
+        raise ValueError(f"{run_dir}/data/train.*: only {len(batches)} batches, asked for {warmup + steps}")
+    timed = batches[warmup:]
+    src_tokens = int(sum(np.count_nonzero(s) for (s, _), _ in timed))
+    tgt_tokens = int(sum(np.count_nonzero(t) for _, t in timed))
+    for e in entries:  # warm-up: traces every batch shape the timed steps will see
+        for (s, ti), to in batches:
+            e["step"](s, ti, to)
+    times: list[list[float]] = [[] for _ in entries]
+    for _ in range(repeats):
+        for i, e in enumerate(entries):
+            t0 = time.perf_counter()
+            for (s, ti), to in timed:
+                loss, _, _ = e["step"](s, ti, to)
+            float(loss)  # wait for the last step
+            times[i].append(time.perf_counter() - t0)
+    rows = []
+    for i, e in enumerate(entries):
+        tps = [tgt_tokens / t for t in times[i]]
+        sec = statistics.median(times[i])
+        flops = train_flops(e["split"], src_tokens, tgt_tokens)
+        peak = cpu_peak_flops(e["precision"])
+        achieved = flops / sec / 1e9
+        row = {"model": e["model"], "model_type": e["arch"], "params": e["params"],
+               "precision": e["precision"], "steps": steps, "max_tokens": max_tokens,
+               "src_tokens": src_tokens, "tgt_tokens": tgt_tokens,
+               "steps_per_second": round(steps / sec, 3),
+               "tgt_tokens_per_second": round(statistics.median(tps), 1),
+               "tgt_tokens_per_second_min": round(min(tps), 1),
+               "tgt_tokens_per_second_max": round(max(tps), 1),
+               "param_split": e["split"], "est_gflops_per_step": round(flops / steps / 1e9, 2),
+               "achieved_gflops": round(achieved, 1), "assumed_peak": peak,
+               "peak_fraction": round(achieved / peak["peak_gflops"], 4) if peak["peak_gflops"] else None,
+               "repeats": repeats}
+        rows.append(row)
+        log(f"{Path(e['model']).name:>24} train ({e['precision']}): {row['tgt_tokens_per_second']:8.0f} "
+            f"tgt tok/s (min {row['tgt_tokens_per_second_min']:.0f}, max "
+            f"{row['tgt_tokens_per_second_max']:.0f}), {row['steps_per_second']:.2f} steps/s, "
+            f"~{achieved:.1f} GFLOP/s = {100 * (row['peak_fraction'] or 0):.1f}% of the assumed "
+            f"{peak['peak_gflops']:.0f} GFLOP/s peak")
+    return {"run_dir": str(run_dir), "rows": rows}

@@ -164,6 +164,12 @@ def cmd_bench(args) -> int:
     for r in result["ratios_to_first_model"]:
         print(f"{Path(r['model']).name:>24} beam {r['beam']} batch {r['batch_size']:>3}: "
               f"{r['ratio']:.2f}x the first model at beam {max(args.beams)}")
+    if args.train_steps:
+        from nmt_kd.bench import bench_training
+
+        run_dir = args.train_run_dir or Path(args.models[0]).parent
+        result["training"] = bench_training(args.models, run_dir, _load(args), args.train_steps,
+                                            repeats=args.repeats)
     if args.memory:
         from nmt_kd.bench import peak_memory
         from nmt_kd.tflite_translate import is_tflite_dir
@@ -288,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory", action="store_true",
                    help="also measure each model's peak memory (one fresh process per model)")
+    p.add_argument("--train-steps", type=int, default=20,
+                   help="time this many training steps per Keras model (0: skip)")
+    p.add_argument("--train-run-dir", help="run directory whose data/train.* feeds the training "
+                   "steps (default: the first model's parent)")
     p.add_argument("--out", help="JSON output")
     p.set_defaults(func=cmd_bench)
 

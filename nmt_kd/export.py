@@ -24,6 +24,7 @@ and `tensorflow_text` (which registers the SentencePiece ops):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -182,15 +183,46 @@ def _to_tflite(concrete, quantize: str) -> tuple[bytes, list[str], list[str]]:
     return converter.convert(), inputs, outputs
 
 
+@contextlib.contextmanager
+def _rows_fed(embedding, rows):
+    """While tracing: `embedding.call(ids)` returns `rows` (looked up outside the graph)."""
+    import tensorflow as tf
+
+    def call(ids):
+        shape = tf.concat([tf.shape(ids), [embedding.d_model]], axis=0)
+        return tf.cast(tf.reshape(rows, shape), embedding.compute_dtype)
+
+    embedding.call = call
+    try:
+        yield
+    finally:
+        del embedding.call
+
+
+def _find_constant(path: Path, shape: list[int]) -> str:
+    """The name of the one constant tensor of this shape in a flatbuffer (the embedding)."""
+    from nmt_kd.tflite_translate import new_interpreter
+
+    found = [t["name"] for t in new_interpreter(path, 1).get_tensor_details()
+             if list(t["shape"]) == shape]
+    if len(found) != 1:
+        raise UserError(f"{path}: expected one {shape} tensor (the tied embedding), found "
+                        f"{len(found)}: {found}")
+    return found[0]
+
+
 def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, quantize: str = "int8",
                   log=print) -> Path:
     """A student as two TFLite models driven by a small greedy loop (`TFLiteTranslator`).
 
-    `encoder.tflite`: source ids `[B, S]` -> the initial decoding state. `step.tflite`: one
-    decoder step (token, position, state) -> the argmax token, its log-prob and the state
-    entries that change; weights are constants there, so dynamic-range quantization turns
-    every GEMM, the output layer included, into an int8 GEMM. Students only: their state
-    does not grow with the output length (the teacher's cache does).
+    `encoder.tflite`: source ids `[B, S]` and their embedding rows `[B, S, E]` -> the initial
+    decoding state. `step.tflite`: one decoder step (token, its embedding row, position,
+    state) -> the argmax token, its log-prob and the state entries that change; weights are
+    constants there, so dynamic-range quantization turns every GEMM, the output layer
+    included, into an int8 GEMM. The tied embedding matrix is stored once, as the weight of
+    the step's output layer (int8 with one scale per row); the translator reads it from
+    there and does the row lookups itself, so neither graph holds a second copy.
+    Students only: their state does not grow with the output length (the teacher's cache does).
     """
     import tensorflow as tf
 
@@ -207,9 +239,14 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
                         "size); export the teacher with --format savedmodel")
     from nmt_kd.layers.rnn import tflite_friendly_loops
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="src")])
-    def encode(src):
-        state = model.init_decode_state(model.encode(src, training=False), cfg.max_len_cap)
+    emb_dim = int(model.embedding.d_model)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="src"),
+                                  tf.TensorSpec([None, None, emb_dim], tf.float32, name="src_emb")])
+    def encode(src, src_emb):
+        with _rows_fed(model.embedding, src_emb):
+            memory = model.encode(src, training=False)
+        state = model.init_decode_state(memory, cfg.max_len_cap)
         return {f"state_{k}": v for k, v in state.items()}
 
     with tflite_friendly_loops():  # no TensorArrays in the encoder's time loops
@@ -222,9 +259,10 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
     # Which entries does a step change? (decode_step passes the others through unchanged)
     probe = {}
 
-    def step_body(token, step, *values):
+    def step_body(token, token_emb, step, *values):
         state = dict(zip(keys, values, strict=True))
-        logits, new_state = model.decode_step(token, step, state)
+        with _rows_fed(model.embedding, token_emb):
+            logits, new_state = model.decode_step(token, step, state)
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         nxt = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         probe["changed"] = [k for k in keys if new_state[k] is not state[k]]
@@ -232,8 +270,9 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
                 **{f"new_{k}": new_state[k] for k in probe["changed"]}}
 
     step_fn = tf.function(step_body, input_signature=[
-        tf.TensorSpec([None], tf.int32, name="token"), tf.TensorSpec([], tf.int32, name="step"),
-        *specs.values()])
+        tf.TensorSpec([None], tf.int32, name="token"),
+        tf.TensorSpec([None, emb_dim], tf.float32, name="token_emb"),
+        tf.TensorSpec([], tf.int32, name="step"), *specs.values()])
     step_concrete = step_fn.get_concrete_function()
     changed = probe["changed"]
 
@@ -243,12 +282,15 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
             data, inputs, outputs = _to_tflite(concrete, quantize)
             (tmp / f"{name}.tflite").write_bytes(data)
             io[name] = {"inputs": inputs, "outputs": outputs}
+        vocab = int(model.embedding.vocab_size)
+        embedding = _find_constant(tmp / "step.tflite", [vocab, emb_dim])
         shutil.copyfile(tokenizer.model_path, tmp / "spm.model")
         write_json(tmp / "tflite.json", {
             "model_dir": str(model_dir), "model_type": meta.get("model_type"), "kd": meta.get("kd"),
             "params": int(model.count_params()), "quantize": quantize, "state": keys,
             "changing_state": changed, "max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b,
             "max_len_cap": cfg.max_len_cap, "max_src_len": cfg.max_src_len, "tensors": io,
+            "embedding": {"file": "step.tflite", "tensor": embedding, "shape": [vocab, emb_dim]},
         })
     size = sum((out / f).stat().st_size for f in TFLITE_FILES)
     log(f"export: {model_dir} -> {out} (TFLite, {quantize} weights, {size / 1e6:.1f} MB, "

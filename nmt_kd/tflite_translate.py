@@ -27,19 +27,42 @@ def is_tflite_dir(path: str | Path) -> bool:
     return (Path(path) / "tflite.json").is_file()
 
 
-def _interpreter(path: Path, threads: int, io: dict):
-    """The interpreter and {name: tensor index} of its inputs and outputs (export order)."""
+def new_interpreter(path: Path, threads: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         import tensorflow as tf
 
-        interp = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+        return tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+
+
+def _interpreter(path: Path, threads: int, io: dict):
+    """The interpreter and {name: tensor index} of its inputs and outputs (export order)."""
+    interp = new_interpreter(path, threads)
     in_details, out_details = interp.get_input_details(), interp.get_output_details()
     if len(in_details) != len(io["inputs"]) or len(out_details) != len(io["outputs"]):
         raise UserError(f"{path}: its inputs/outputs do not match tflite.json (a different export?)")
     inputs = {name: d["index"] for name, d in zip(io["inputs"], in_details, strict=True)}
     outputs = {name: d["index"] for name, d in zip(io["outputs"], out_details, strict=True)}
     return interp, inputs, outputs
+
+
+def read_embedding(interp, path: Path, spec: dict) -> np.ndarray:
+    """The tied embedding `[V, E]` float32, dequantized from the step's output-layer weight."""
+    found = [t for t in interp.get_tensor_details() if t["name"] == spec["tensor"]]
+    if len(found) != 1 or list(found[0]["shape"]) != spec["shape"]:
+        raise UserError(f"{path}: no {spec['shape']} tensor {spec['tensor']!r} (a different export?)")
+    interp.allocate_tensors()
+    table = interp.get_tensor(found[0]["index"])
+    if table.dtype == np.float32:
+        return table
+    q = found[0]["quantization_parameters"]
+    scales, zeros = q["scales"].astype(np.float32), q["zero_points"]
+    if np.any(zeros != 0) or scales.size not in (1, table.shape[q["quantized_dimension"]]):
+        raise UserError(f"{path}: embedding tensor with unexpected quantization {q}")
+    if scales.size > 1:
+        scales = scales.reshape([-1 if d == q["quantized_dimension"] else 1
+                                 for d in range(table.ndim)])
+    return table.astype(np.float32) * scales
 
 
 class _Model:
@@ -65,6 +88,8 @@ class TFLiteTranslator(Translator):
         io = self.meta["tensors"]
         self._enc = _interpreter(export_dir / "encoder.tflite", threads, io["encoder"])
         self._step = _interpreter(export_dir / "step.tflite", threads, io["step"])
+        self._embedding = read_embedding(self._step[0], export_dir / "step.tflite",
+                                         self.meta["embedding"])
         self._state_keys = self.meta["state"]
         self._changing = self.meta["changing_state"]
         self._shapes: tuple | None = None
@@ -82,14 +107,17 @@ class TFLiteTranslator(Translator):
         batch = src.shape[0]
         if src.shape != self._src_shape:
             enc.resize_tensor_input(enc_in["src"], list(src.shape))
+            enc.resize_tensor_input(enc_in["src_emb"], [*src.shape, self._embedding.shape[1]])
             enc.allocate_tensors()
             self._src_shape = src.shape
         enc.set_tensor(enc_in["src"], src)
+        enc.set_tensor(enc_in["src_emb"], self._embedding[src])
         enc.invoke()
         state = {k: enc.get_tensor(enc_out[f"state_{k}"]) for k in self._state_keys}
         shapes = tuple(state[k].shape for k in self._state_keys)
         if shapes != self._shapes:
             step.resize_tensor_input(step_in["token"], [batch])
+            step.resize_tensor_input(step_in["token_emb"], [batch, self._embedding.shape[1]])
             for k in self._state_keys:
                 step.resize_tensor_input(step_in[f"state_{k}"], list(state[k].shape))
             step.allocate_tensors()
@@ -107,6 +135,7 @@ class TFLiteTranslator(Translator):
         ids = np.zeros([batch, max_len], np.int32)
         for t in range(max_len):
             step.set_tensor(step_in["token"], tokens)
+            step.set_tensor(step_in["token_emb"], self._embedding[tokens])
             step.set_tensor(step_in["step"], np.array(t, np.int32))
             step.invoke()
             nxt = step.get_tensor(step_out["next"])

@@ -43,6 +43,13 @@ def trained(tiny_run, tmp_path_factory):
     return base, cfg
 
 
+def _shaped(path, shape):
+    from nmt_kd.tflite_translate import new_interpreter
+
+    return [t["name"] for t in new_interpreter(path, 1).get_tensor_details()
+            if list(t["shape"]) == shape]
+
+
 def test_normalize_in_graph_matches_python():
     import tensorflow as tf
 
@@ -141,8 +148,38 @@ def test_tflite_student_fp32_equals_translator_and_int8_is_smaller(trained, tmp_
     tr, meta, size8 = open_translator(int8, cfg.decode)
     _, _, size32 = open_translator(fp32, cfg.decode)
     assert meta["format"] == "tflite-int8" and size8 < 0.5 * size32
+    # the tied embedding is stored once: the step's output-layer weight, not the lookups
+    vocab_emb = [tok.vocab_size, model.embedding.d_model]
+    for d in (fp32, int8):
+        assert _shaped(d / "encoder.tflite", vocab_emb) == []
+        assert len(_shaped(d / "step.tflite", vocab_emb)) == 1
     with pytest.raises(UserError, match="greedily"):
         tr.translate(lines[:2], beam=2)
+
+
+def test_tflite_cnn_student_equals_translator(trained, tmp_path):
+    from nmt_kd.config import config_from_dict, config_to_dict
+    from nmt_kd.export import export_tflite
+    from nmt_kd.fileio import read_lines
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.tflite_translate import TFLiteTranslator
+    from nmt_kd.train import train_model
+    from nmt_kd.translate import Translator
+
+    run, cfg = trained
+    tree = config_to_dict(cfg)
+    tree["student_train"].update(max_steps=60)
+    tree["model"]["student_cnn"] = {"embed_dim": 48, "hidden": 48, "encoder_layers": 2,
+                                    "decoder_layers": 2}
+    train_model(config_from_dict(tree), run, "student_cnn", log=quiet)
+    lines = [normalize(x) for x in read_lines(run / "data/test.src") + EDGE_LINES]
+    model, tok, _ = load_model_dir(run / "student_cnn", "fp32")
+    want = Translator(model, tok, cfg.decode).translate(lines, beam=1, batch_size=8)
+    out = export_tflite(run / "student_cnn", tmp_path / "cnn", cfg.decode, quantize="none", log=quiet)
+    got = TFLiteTranslator(out, cfg.decode).translate(lines, beam=1, batch_size=8)
+    assert got.hypotheses == want.hypotheses
+    assert sum(bool(h) for h in want.hypotheses) >= len(lines) // 2
+    assert len(_shaped(out / "step.tflite", [tok.vocab_size, 48])) == 1
 
 
 def test_tflite_refuses_the_teacher(trained, tmp_path):

@@ -164,3 +164,40 @@ def test_peak_memory_is_measured_in_a_fresh_process(tiny_teacher, tmp_path):
     assert m["model_and_decoding_mb"] == pytest.approx(m["peak_mb"] - m["baseline_mb"], abs=0.2)
     with pytest.raises(RuntimeError, match="memory probe"):
         peak_memory(tmp_path / "missing", src, 1, 4, 12, DecodeConfig(max_len_cap=32))
+
+
+def test_bench_training_counts_tokens_and_flops(tiny_teacher, tiny_run, tmp_path):
+    import numpy as np
+
+    from nmt_kd.bench import bench_training, cpu_peak_flops, param_split, train_flops
+    from nmt_kd.dataset import BatchStream, encode_pairs
+    from nmt_kd.train import load_pairs
+
+    _, tree = tiny_run
+    cfg = config_from_dict(tree)
+    model = str(tiny_teacher / "teacher")
+    tflite_like = tmp_path / "export"
+    tflite_like.mkdir()
+    (tflite_like / "tflite.json").write_text("{}")  # an inference-only export: not trained
+    res = bench_training([model, str(tflite_like), model], tiny_teacher, cfg, steps=4, warmup=1,
+                         repeats=2, log=lambda _m: None)
+    assert [r["model"] for r in res["rows"]] == [model, model]
+    # the timed batches are the 2nd..5th of the run's deterministic stream
+    m, tok, _ = load_model_dir(model)
+    src, tgt = load_pairs(tiny_teacher, "train")
+    stream = BatchStream(encode_pairs(tok, src, tgt, cfg.train.max_len), cfg.train.max_tokens, seed=1)
+    timed = list(stream.iter_numpy(0))[1:5]
+    want_tgt = sum(int(np.count_nonzero(t)) for _, t in timed)
+    want_src = sum(int(np.count_nonzero(s)) for (s, _), _ in timed)
+    split = param_split(m)
+    assert split["encoder"] > 0 and split["decoder"] > 0
+    assert sum(split.values()) == m.count_params()
+    for r in res["rows"]:
+        assert (r["tgt_tokens"], r["src_tokens"]) == (want_tgt, want_src)
+        assert r["tgt_tokens_per_second_min"] <= r["tgt_tokens_per_second"] <= r["tgt_tokens_per_second_max"]
+        assert r["est_gflops_per_step"] == pytest.approx(
+            train_flops(split, want_src, want_tgt) / 4 / 1e9, abs=0.006)
+        assert 0 < r["peak_fraction"] < 1
+    assert train_flops({"encoder": 10, "decoder": 20, "lookup": 5}, 3, 2) == 6 * (10 * 3 + 20 * 2)
+    peak = cpu_peak_flops("bf16", cores=2, ghz=2.5)
+    assert peak["peak_gflops"] == 2 * 2.5 * 64 and cpu_peak_flops("fp32", 2, 2.5)["peak_gflops"] == 160

@@ -62,8 +62,8 @@ def source_attention_terms(
     tokens (the variance of a sum of ``m`` terms); an all-padding row gets scale 0.
     """
     src_mask = tf.cast(src_mask, tf.float32)
-    bias = ((1.0 - src_mask) * mask_value(tf.float32))[:, None, :]
-    scale = tf.sqrt(tf.reduce_sum(src_mask, axis=1))[:, None, None]
+    bias = tf.expand_dims((1.0 - src_mask) * mask_value(tf.float32), 1)
+    scale = tf.reshape(tf.sqrt(tf.reduce_sum(src_mask, axis=1)), [-1, 1, 1])
     return bias, tf.cast(scale, dtype)
 
 
@@ -131,7 +131,7 @@ class LearnedPositionEmbedding(keras.layers.Layer):
         """``x`` ``[B, T, D]`` + embeddings of positions ``0..T-1``."""
         x = tf.cast(x, self.compute_dtype)
         rows = tf.convert_to_tensor(self.table)[: tf.shape(x)[1]]
-        return x + tf.cast(rows, x.dtype)[None]
+        return x + tf.expand_dims(tf.cast(rows, x.dtype), 0)
 
     def at(self, step: tf.Tensor | int, dtype: tf.DType | str = "float32") -> tf.Tensor:
         """The ``[D]`` embedding of position ``step``."""
@@ -226,7 +226,7 @@ class GLUConv1D(keras.layers.Layer):
         window = tf.concat([tf.cast(buffer, dt), tf.cast(x, dt)], axis=1)  # [B, k, C]
         kernel = tf.reshape(tf.cast(self.kernel, dt), [k * c, 2 * c])
         y = tf.matmul(tf.reshape(window, [-1, k * c]), kernel)
-        y = glu(tf.nn.bias_add(y, tf.cast(self.bias, dt)))[:, None, :]
+        y = tf.expand_dims(glu(tf.nn.bias_add(y, tf.cast(self.bias, dt))), 1)
         new_buffer = window[:, 1:]
         new_buffer.set_shape(buffer.shape)  # keep the loop-invariant static shape
         return y, new_buffer

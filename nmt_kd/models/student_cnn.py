@@ -168,7 +168,7 @@ class CNNStudent(keras.Model):
         src = tf.cast(src, tf.int32)
         src_mask = tf.cast(tf.not_equal(src, PAD_ID), tf.float32)
         dtype = self.compute_dtype
-        keep = tf.cast(src_mask, dtype)[:, :, None]
+        keep = tf.expand_dims(tf.cast(src_mask, dtype), -1)  # (no new_axis slices: TFLite)
         e = self._drop(self.src_positions(self.embedding(src)), training)
         x = self.encoder_in(e)
         for block in self.encoder_blocks:
@@ -228,7 +228,7 @@ class CNNStudent(keras.Model):
         step = tf.cast(step, tf.int32)
         # Sub-layers are invoked through ``.call``: they cast explicitly, and skipping the
         # Keras call machinery makes eager steps cheaper.
-        g = self.embedding.call(tf.cast(token_ids, tf.int32)[:, None])
+        g = self.embedding.call(tf.expand_dims(tf.cast(token_ids, tf.int32), 1))
         g = g + self.tgt_positions.at(step, dtype)
         x = self.decoder_in.call(g)
         keys, values = state["keys"], state["values"]
