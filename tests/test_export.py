@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import clone_run
@@ -13,6 +14,7 @@ from nmt_kd.data.clean import normalize
 from nmt_kd.errors import UserError
 
 quiet = lambda _m: None  # noqa: E731
+REPO = Path(__file__).resolve().parents[1]
 
 # Raw lines as a client would send them: the graph must normalise them exactly like
 # `read_input_lines` does before translating.
@@ -107,6 +109,17 @@ def test_savedmodel_equals_translator_in_a_process_without_nmt_kd(trained, tmp_p
     edge = result["translations"][-len(EDGE_LINES):]
     assert edge[0] == edge[1] == ""  # empty (or blank) in, empty out
     assert sum(bool(t) for t in result["translations"]) >= len(lines) // 2
+
+    # scripts/translate_file.py serves a file through the same signature, chunk by chunk
+    keep = [i for i, x in enumerate(lines) if "\x00" not in x]  # a NUL byte is an input error
+    src = tmp_path / "in.txt"
+    src.write_text("".join(lines[i] + "\n" for i in keep), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "scripts/translate_file.py", str(out), str(src),
+                           str(tmp_path / "out.txt"), "--chunk-lines", "5", "--batch-size", "3"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    assert got[:-1] == [expected.hypotheses[i] for i in keep] and got[-1] == ""
 
 
 def test_export_refuses_a_non_empty_output_directory(trained, tmp_path):

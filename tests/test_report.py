@@ -71,3 +71,56 @@ def test_summary_without_teacher_rows_has_no_ratios(tmp_path):
 
     rows = [r for r in load_rows(run) if r["name"] != "teacher"]
     assert all("speedup_bs8" not in s and s.get("bleu_retained_pct") is None for s in summarize(rows))
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight]);
+  const table = document.querySelector("table");
+  const rows = table ? table.querySelectorAll("tr").length - 1 : -1;
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify({imgs, rows, width: document.body.scrollWidth});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed "
+                    "(Debian: apt-get install chromium); the HTML rendering check needs it")
+def test_report_html_renders_in_headless_chromium(tmp_path):
+    """The report opens in a real browser: every embedded image decodes, the model table has
+    one row per model, and the rendered page is not blank."""
+    import html
+    import re
+    import subprocess
+
+    from matplotlib import image as mpimg
+
+    run = fake_run(tmp_path)
+    build_report(run, title="toy", bootstrap=0, log=lambda _m: None)
+    models = json.loads((run / "report/metrics.json").read_text())["summary"]
+    page = (run / "report/report.html").read_text()
+    probe = tmp_path / "probe.html"  # the report plus a script that reports what rendered
+    probe.write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stderr[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    assert len(result["imgs"]) == 3
+    assert all(ok and w > 100 and h > 100 for ok, w, h in result["imgs"]), result["imgs"]
+    assert result["rows"] == len(models) == 3
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1200,2000", f"--screenshot={shot}",
+                    (run / "report/report.html").as_uri()], capture_output=True, timeout=120)
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[:2] == (2000, 1200) and pixels.std() > 0.05  # text and plots, not blank

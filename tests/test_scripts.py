@@ -1,0 +1,73 @@
+"""The user scripts in scripts/: scoring a translation file, preparing a corpus."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=REPO):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_score_matches_sacrebleu_and_runs_the_paired_test(tmp_path):
+    import sacrebleu
+
+    refs = ["the cat sits on the mat", "a dog runs in the park", "two men play football",
+            "the sun is shining today"] * 5
+    good = ["the cat sits on a mat", "a dog runs in the park", "two men play soccer",
+            "the sun shines today"] * 5
+    bad = ["cat", "the dog", "men football", "sun"] * 5
+    for name, lines in (("ref", refs), ("good", good), ("bad", bad)):
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = _run(REPO / "scripts/score.py", tmp_path / "good.txt", tmp_path / "ref.txt",
+                "--baseline", tmp_path / "bad.txt", "--bootstrap", "200",
+                "--json", tmp_path / "s.json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert res["bleu"] == pytest.approx(sacrebleu.corpus_bleu(good, [refs]).score, abs=0.01)
+    assert res["chrf"] == pytest.approx(sacrebleu.corpus_chrf(good, [refs]).score, abs=0.01)
+    assert res["bleu_signature"].startswith("nrefs:1|") and res["sentences"] == 20
+    (test,) = res["paired_bootstrap"]
+    assert test["bleu"] > test["baseline_bleu"] and test["p_value"] < 0.05
+
+
+def test_score_refuses_misaligned_files(tmp_path):
+    (tmp_path / "h.txt").write_text("a\nb\n", encoding="utf-8")
+    (tmp_path / "r.txt").write_text("a\nb\nc\n", encoding="utf-8")
+    proc = _run(REPO / "scripts/score.py", tmp_path / "h.txt", tmp_path / "r.txt")
+    assert proc.returncode == 2
+    assert "has 2 lines but" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prepare_corpus_writes_data_vocab_and_a_config_that_loads(tmp_path):
+    from conftest import toy_pairs, write_pair_files
+
+    from nmt_kd.config import load_config
+    from nmt_kd.fileio import read_lines
+
+    pairs = toy_pairs(300)
+    src, tgt = write_pair_files(tmp_path / "raw", pairs)
+    vsrc, vtgt = write_pair_files(tmp_path / "rawv", toy_pairs(20, seed=7))
+    run = tmp_path / "run"
+    proc = _run(REPO / "scripts/prepare_corpus.py", src, tgt, "--run-dir", run,
+                "--valid-src", vsrc, "--valid-tgt", vtgt, "--test-size", "30", "--vocab-size", "60",
+                "--src-lang", "en", "--tgt-lang", "de")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = load_config(run / "config.yaml")
+    assert cfg.data.train_src == str(src.resolve()) and cfg.vocab.size == 60
+    assert (run / "vocab/spm.model").is_file()
+    valid_src = read_lines(run / "data/valid.src")
+    assert len(valid_src) == len(read_lines(run / "data/valid.tgt")) == 20
+    by_src = dict(pairs)
+    train_src, train_tgt = read_lines(run / "data/train.src"), read_lines(run / "data/train.tgt")
+    assert len(train_src) == len(train_tgt) > 200
+    assert all(by_src.get(s, t) == t for s, t in zip(train_src, train_tgt, strict=True))
+    bad = _run(REPO / "scripts/prepare_corpus.py", src, tgt, "--run-dir", tmp_path / "r2",
+               "--valid-src", vsrc)
+    assert bad.returncode == 2 and "go together" in bad.stderr
