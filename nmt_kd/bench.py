@@ -73,15 +73,27 @@ _MEMORY_PROBE = """
 import json, resource, sys
 from nmt_kd.config import config_from_dict
 from nmt_kd.translate import open_translator, read_input_lines
+
+def high_water_kb():
+    # VmHWM belongs to this process's own address space, so it starts afresh at exec;
+    # ru_maxrss does not on Linux (it keeps the forking parent's peak).
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
 args = json.loads(sys.argv[1])
 cfg = config_from_dict({"decode": args["decode"]}).decode
 import tensorflow  # noqa: F401  (the baseline includes the framework itself)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = high_water_kb()
 tr, _, _ = open_translator(args["model"], cfg)
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = high_water_kb()
 tr.translate(read_input_lines(args["src"])[: args["sentences"]], beam=args["beam"],
              batch_size=args["batch_size"])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = high_water_kb()
 print(json.dumps({"baseline_mb": base / 1024, "after_load_mb": loaded / 1024, "peak_mb": peak / 1024}))
 """
 
