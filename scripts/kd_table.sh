@@ -39,6 +39,20 @@ rows() {
     row "cnn_${kd/+/}" student_cnn "$kd" --set student_train.max_steps="$CNN_STEPS"
   done
 }
+# Score every finished row on test_2016_flickr (greedy and beam 5, batch 64) into
+# docs/results/multi30k/NAME.beamB.bs64.json; rows already scored are skipped.
+evaluate() {
+  for name in rnn_none rnn_word rnn_seq rnn_seqword cnn_none cnn_word cnn_seq cnn_seqword; do
+    [ -f "$RUN/$name/model.keras" ] || { echo "$name: not trained yet"; continue; }
+    for beam in 1 5; do
+      out=docs/results/multi30k/$name.beam$beam.bs64.json
+      [ -f "$out" ] && continue
+      "$PY" -P -m nmt_kd.cli evaluate -c "$CONFIG" --model "$RUN/$name" --src "$RUN/data/test.src" \
+          --ref "$RUN/data/test.tgt" --test-set multi30k/test_2016_flickr --beam $beam \
+          --batch-size 64 --out "$out" 2>&1 | grep -v "^[IWE]0000" | tail -n 1
+    done
+  done
+}
 # Both lanes walk the same queue; a row is trained by whichever lane reaches it first.
 lane_a() { rows; }
 lane_b() { rows; }
