@@ -34,6 +34,9 @@ class Stage:
     inputs: list[Path] = field(default_factory=list)  # files it reads (made by earlier stages)
     run: Callable[[], None] = lambda: None
     resumable: bool = False  # keeps its partial output when killed (training, distillation)
+    # files that exist only once the stage has finished (written last, atomically); lets
+    # `--adopt` take over output made by the step-by-step commands
+    products: list[Path] = field(default_factory=list)
 
 
 def _hash_inputs(paths: list[Path]) -> dict[str, str]:
@@ -54,6 +57,10 @@ def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
     return [run / "data" / f"{s}.{side}" for s in splits for side in ("src", "tgt")]
 
 
+def _model_files(model_dir: Path) -> list[Path]:
+    return [model_dir / f for f in ("model.keras", "spm.model", "model.json")]  # model.json last
+
+
 def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Stage]:
     from nmt_kd.data.prepare import prepare_data
     from nmt_kd.distill import distill_corpus
@@ -70,21 +77,24 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
     stages = [
         Stage("prepare", "prepare", run / "data", {"data": c["data"]},
               [Path(expand_path(p)) for p in corpus if p],
-              run=lambda: prepare_data(cfg, run, log=log)),
+              run=lambda: prepare_data(cfg, run, log=log), products=[run / "data" / "manifest.json"]),
         Stage("vocab", "vocab", run / "vocab", {"vocab": c["vocab"]},
-              _data_files(run, ("train",)), run=lambda: build_vocab(cfg.vocab, run, log=log)),
+              _data_files(run, ("train",)), run=lambda: build_vocab(cfg.vocab, run, log=log),
+              products=[spm]),
         Stage("teacher", "teacher", run / "teacher",
               {"model": {"teacher": c["model"]["teacher"], "max_positions": c["model"]["max_positions"]},
                "train": c["train"], "decode": c["decode"]},
               _data_files(run, ("train", "valid")) + [spm],
-              run=lambda: train_model(cfg, run, "teacher", resume=True, log=log), resumable=True),
+              run=lambda: train_model(cfg, run, "teacher", resume=True, log=log), resumable=True,
+              products=_model_files(run / "teacher")),
     ]
     students = cfg.pipeline.students
     if any(s.kd.startswith("seq") for s in students):
         stages.append(Stage(
             "distill", "distill", run / "distill", {"distill": c["distill"], "decode": c["decode"]},
             _data_files(run, ("train",)) + [teacher_model],
-            run=lambda: distill_corpus(cfg, run, log=log), resumable=True))
+            run=lambda: distill_corpus(cfg, run, log=log), resumable=True,
+            products=[run / "distill" / "manifest.json"]))
     for spec in students:
         inputs = _data_files(run, ("train", "valid")) + [spm]
         if spec.kd.startswith("seq"):
@@ -99,13 +109,15 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
             inputs,
             run=lambda spec=spec: train_model(cfg, run, spec.arch, name=spec.name, kd=spec.kd,
                                               resume=True, log=log),
-            resumable=True))
+            resumable=True, products=_model_files(run / spec.name)))
     for name in ["teacher"] + [s.name for s in students]:
         stages.append(Stage(
             f"evaluate {name}", "evaluate", run / "eval" / name,
             {"eval": c["eval"], "decode": c["decode"], "test_set": c["data"]["test_set_name"]},
             [run / name / "model.keras", run / name / "spm.model"] + _data_files(run, ("test",)),
-            run=lambda name=name: evaluate_all(cfg, run, name, log)))
+            run=lambda name=name: evaluate_all(cfg, run, name, log),
+            products=[run / "eval" / name / f"beam{b}.bs{n}.json"
+                      for b in cfg.eval.beams for n in cfg.eval.batch_sizes]))
     stages.append(Stage(
         "report", "report", run / "report", {"eval": c["eval"]},
         [run / "eval" / name / "done.json" for name in ["teacher"] + [s.name for s in students]],
@@ -136,8 +148,15 @@ def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) 
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
-                 force: tuple[str, ...] = (), log: Callable[[str], None] = print) -> list[str]:
-    """Run every stage that is not done; returns the names of the stages that ran."""
+                 force: tuple[str, ...] = (), log: Callable[[str], None] = print,
+                 adopt: bool = False) -> list[str]:
+    """Run every stage that is not done; returns the names of the stages that ran.
+
+    With `adopt`, a stage that never ran in the pipeline (no done.json, no started.json)
+    but whose final files exist (made by `nmt-kd prepare/train/distill/evaluate` by hand)
+    is recorded as done with the current hash instead of being run again. Its output is
+    taken as it is: nothing checks that it was made with this config (the log says so).
+    """
     run = Path(run_dir)
     for name in (until, *force):
         if name is not None and name not in STAGES:
@@ -151,6 +170,13 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
         done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
         if stage.group not in force and done_file.is_file() and read_json(done_file).get("hash") == fingerprint:
             log(f"== {stage.name}: unchanged since {read_json(done_file).get('finished')}, skipped")
+            continue
+        if (adopt and stage.products and not done_file.is_file() and not started_file.is_file()
+                and stage.group not in force and all(p.is_file() for p in stage.products)):
+            write_json(done_file, {"stage": stage.name, "hash": fingerprint, "adopted": True,
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            log(f"== {stage.name}: adopted the existing output (made outside the pipeline; "
+                "taken as made with this config)")
             continue
         stale = done_file.is_file() or (started_file.is_file() and read_json(started_file).get("hash") != fingerprint)
         if (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():

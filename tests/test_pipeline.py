@@ -45,6 +45,19 @@ def test_pipeline_runs_skips_and_reruns_only_what_changed(pipeline_tree, tmp_pat
         "student cnn_none", "evaluate cnn_none", "report"]
     assert "kernel_size: 5" in (run / "cnn_none/config.yaml").read_text()
 
+    # --adopt: the same outputs as if made by the step-by-step commands (no pipeline records)
+    for marker in [*run.rglob("done.json"), *run.rglob("started.json")]:
+        marker.unlink()
+    (run / "eval/cnn_none/beam2.bs8.json").unlink()  # one evaluation never finished
+    model_bytes = (run / "rnn_seq/model.keras").read_bytes()
+    logs = []
+    assert run_pipeline(config_from_dict(tree), run, log=logs.append, adopt=True) == [
+        "evaluate cnn_none", "report"]
+    assert sum("adopted the existing output" in m for m in logs) == 8
+    assert (run / "rnn_seq/model.keras").read_bytes() == model_bytes
+    assert json.loads((run / "teacher/done.json").read_text())["adopted"] is True
+    assert run_pipeline(config_from_dict(tree), run, log=quiet) == []  # now recorded as done
+
 
 def test_until_and_force(pipeline_tree, tmp_path):
     run = tmp_path / "run"
