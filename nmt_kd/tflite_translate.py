@@ -125,30 +125,45 @@ class TFLiteTranslator(Translator):
         for k in self._state_keys:
             step.set_tensor(step_in[f"state_{k}"], state[k])
 
-        src_len = (src != 0).sum(axis=1).astype(np.int64)
-        limits = np.clip(np.minimum(scale_milli(self.cfg.max_len_a) * src_len // 1000
-                                    + self.cfg.max_len_b, max_len), 1, max_len)
-        tokens = np.full([batch], BOS_ID, np.int32)
-        finished = np.zeros([batch], bool)
-        lengths = np.zeros([batch], np.int32)
-        scores = np.zeros([batch], np.float32)
-        ids = np.zeros([batch, max_len], np.int32)
-        for t in range(max_len):
+        def one_step(tokens: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
             step.set_tensor(step_in["token"], tokens)
             step.set_tensor(step_in["token_emb"], self._embedding[tokens])
             step.set_tensor(step_in["step"], np.array(t, np.int32))
             step.invoke()
-            nxt = step.get_tensor(step_out["next"])
-            alive = ~finished
-            is_eos = nxt == EOS_ID
-            emit = alive & ~is_eos
-            scores += np.where(alive, step.get_tensor(step_out["logp"]), 0.0).astype(np.float32)
-            ids[emit, t] = nxt[emit]
-            lengths += emit
-            finished |= is_eos | (t + 1 >= limits)
-            if finished.all():
-                break
-            for k in self._changing:
+            for k in self._changing:  # the new state becomes the next step's input
                 step.set_tensor(step_in[f"state_{k}"], step.get_tensor(step_out[f"new_{k}"]))
-            tokens = nxt
-        return ids, lengths, scores
+            return step.get_tensor(step_out["next"]), step.get_tensor(step_out["logp"])
+
+        return host_greedy_loop(one_step, src, self.cfg, max_len)
+
+
+def host_greedy_loop(step, src: np.ndarray, cfg: DecodeConfig, max_len: int):
+    """Greedy search with the token loop on the host, by the rules of `greedy_search`:
+    per-sentence limits `min(max_len, floor(max_len_a * src_len) + max_len_b)`, eos not
+    emitted, an early exit once every sentence is finished.
+
+    `step(tokens [B] int32, t) -> (next tokens [B], their log-probs [B])` runs one decoder
+    step and keeps the decoding state itself. Returns numpy (ids, lengths, scores).
+    """
+    batch = src.shape[0]
+    src_len = (src != 0).sum(axis=1).astype(np.int64)
+    limits = np.clip(np.minimum(scale_milli(cfg.max_len_a) * src_len // 1000 + cfg.max_len_b,
+                                max_len), 1, max_len)
+    tokens = np.full([batch], BOS_ID, np.int32)
+    finished = np.zeros([batch], bool)
+    lengths = np.zeros([batch], np.int32)
+    scores = np.zeros([batch], np.float32)
+    ids = np.zeros([batch, max_len], np.int32)
+    for t in range(max_len):
+        nxt, logp = step(tokens, t)
+        alive = ~finished
+        is_eos = nxt == EOS_ID
+        emit = alive & ~is_eos
+        scores += np.where(alive, logp, 0.0).astype(np.float32)
+        ids[emit, t] = nxt[emit]
+        lengths += emit
+        finished |= is_eos | (t + 1 >= limits)
+        if finished.all():
+            break
+        tokens = nxt.astype(np.int32)
+    return ids, lengths, scores

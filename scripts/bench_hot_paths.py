@@ -34,8 +34,7 @@ import numpy as np
 def python_loop_translator(base_cls):
     import tensorflow as tf
 
-    from nmt_kd import BOS_ID, EOS_ID
-    from nmt_kd.decoding import scale_milli
+    from nmt_kd.tflite_translate import host_greedy_loop
 
     class PythonLoop(base_cls):
         """Greedy search with the token loop on the host (the baseline compiled loops replace)."""
@@ -50,30 +49,15 @@ def python_loop_translator(base_cls):
                 self._pl_encode[max_len] = tf.function(
                     lambda s, m=max_len: model.init_decode_state(model.encode(s, training=False), m),
                     reduce_retracing=True)
-            state = self._pl_encode[max_len](tf.constant(src))
-            batch = src.shape[0]
-            src_len = (src != 0).sum(axis=1).astype(np.int64)
-            limits = np.clip(np.minimum(scale_milli(self.cfg.max_len_a) * src_len // 1000
-                                        + self.cfg.max_len_b, max_len), 1, max_len)
-            tokens = np.full([batch], BOS_ID, np.int32)
-            finished = np.zeros([batch], bool)
-            lengths = np.zeros([batch], np.int32)
-            scores = np.zeros([batch], np.float32)
-            ids = np.zeros([batch, max_len], np.int32)
-            for t in range(max_len):
-                logits, state = self._pl_step(tf.constant(tokens), tf.constant(t, tf.int32), state)
+            state = [self._pl_encode[max_len](tf.constant(src))]
+
+            def step(tokens, t):
+                logits, state[0] = self._pl_step(tf.constant(tokens), tf.constant(t, tf.int32), state[0])
                 logp = tf.nn.log_softmax(tf.cast(logits, tf.float32)).numpy()
                 nxt = logp.argmax(axis=-1).astype(np.int32)
-                alive = ~finished
-                emit = alive & (nxt != EOS_ID)
-                scores += np.where(alive, logp[np.arange(batch), nxt], 0.0)
-                ids[emit, t] = nxt[emit]
-                lengths += emit
-                finished |= (nxt == EOS_ID) | (t + 1 >= limits)
-                if finished.all():
-                    break
-                tokens = nxt
-            return ids, lengths, scores
+                return nxt, logp[np.arange(len(nxt)), nxt]
+
+            return host_greedy_loop(step, src, self.cfg, max_len)
 
     return PythonLoop
 
