@@ -64,7 +64,8 @@ def cmd_pipeline(args) -> int:
     from nmt_kd.pipeline import run_pipeline
 
     cfg = _load(args)
-    run_pipeline(cfg, _run_dir(args, cfg), until=args.until, force=tuple(args.force))
+    run_pipeline(cfg, _run_dir(args, cfg), until=args.until, force=tuple(args.force),
+                 adopt=args.adopt)
     return 0
 
 
@@ -89,7 +90,7 @@ def cmd_average(args) -> int:
 def cmd_distill(args) -> int:
     from nmt_kd.distill import merge_shards, missing_shards, translate_shards
     from nmt_kd.distributed import tf_config_role
-    from nmt_kd.fileio import read_lines
+    from nmt_kd.fileio import count_lines
 
     cfg = _load(args)
     run_dir = _run_dir(args, cfg)
@@ -103,7 +104,7 @@ def cmd_distill(args) -> int:
         translate_shards(cfg, run_dir, args.teacher, index, workers)
 
     def others_done() -> bool:  # worker 0 merges when it finishes last
-        n_lines = len(read_lines(run_dir / "data" / "train.src"))
+        n_lines = count_lines(run_dir / "data" / "train.src")
         return not missing_shards(run_dir, n_lines, cfg.distill.shard_size)[0]
 
     if workers == 1 or args.merge_only or (index == 0 and others_done()):
@@ -122,22 +123,35 @@ def _decode_config(args):
 
 
 def cmd_translate(args) -> int:
+    import contextlib
+    import time
+
     from nmt_kd.fileio import atomic_open
-    from nmt_kd.translate import open_translator, read_input_lines
+    from nmt_kd.translate import iter_input_lines, open_translator
 
     translator, _, _ = open_translator(args.model, _decode_config(args))
-    lines = read_input_lines(args.input)
-    result = translator.translate(lines, beam=args.beam, batch_size=args.batch_size,
-                                  progress=args.input not in (None, "-"))
-    if result.truncated:
-        print(f"nmt-kd: warning: {result.truncated} input lines were longer than "
+    progress = args.input not in (None, "-")
+    done = truncated = 0
+    t0 = time.perf_counter()
+    # The input is read and translated one chunk at a time (memory does not grow with the
+    # input); an --output file appears only when complete, line for line with the input.
+    try:
+        with atomic_open(args.output) if args.output else contextlib.nullcontext(sys.stdout) as out:
+            for result in translator.translate_stream(iter_input_lines(args.input), args.chunk_lines,
+                                                      beam=args.beam, batch_size=args.batch_size):
+                out.writelines(h + "\n" for h in result.hypotheses)
+                out.flush()
+                done += len(result.hypotheses)
+                truncated += result.truncated
+                if progress:
+                    print(f"\rtranslated {done} lines, {done / (time.perf_counter() - t0):.1f} sent/s",
+                          end="", file=sys.stderr, flush=True)
+    finally:
+        if progress and done:
+            print(file=sys.stderr)  # end the progress line (before an error message, too)
+    if truncated:
+        print(f"nmt-kd: warning: {truncated} input lines were longer than "
               "decode.max_src_len and were truncated", file=sys.stderr)
-    if args.output:
-        with atomic_open(args.output) as f:
-            f.writelines(h + "\n" for h in result.hypotheses)
-    else:
-        sys.stdout.writelines(h + "\n" for h in result.hypotheses)
-        sys.stdout.flush()
     return 0
 
 
@@ -260,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output file (default: stdout)")
     p.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy; default decode.beam)")
     p.add_argument("--batch-size", type=int, default=None, help="sentences per batch")
+    p.add_argument("--chunk-lines", type=int, default=10_000,
+                   help="lines read and translated at a time (memory is bounded by this, not the input)")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("evaluate", help="sacreBLEU/chrF/TER and decoding speed on a test set")
@@ -282,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(prepare, vocab, teacher, distill, students, evaluate, report)")
     p.add_argument("--force", metavar="STAGE", action="append", default=[],
                    help="re-run this stage group even if unchanged (repeatable)")
+    p.add_argument("--adopt", action="store_true",
+                   help="record finished output made by the step-by-step commands (a stage's "
+                   "final files present, never run by the pipeline) as done instead of redoing it")
     p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("bench", help="decoding speed of several models side by side in one run")
     _add_config_args(p)
@@ -320,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Write errors that mean "no room for this output": reported in one line, not as a bug.
+_FULL = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (the file system's or the process's file-size limit, ulimit -f)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -332,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nmt-kd: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno != errno.ENOSPC:
+        if e.errno not in _FULL:
             raise
         where = f" while writing {e.filename}" if e.filename else ""
-        print(f"nmt-kd: error: no space left on the device{where}; files from earlier stages "
+        print(f"nmt-kd: error: {_FULL[e.errno]}{where}; files from earlier stages "
               "are intact (outputs are written to temporary files and renamed when complete)",
               file=sys.stderr)
         return 2

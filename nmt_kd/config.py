@@ -235,10 +235,13 @@ class StudentSpec:
     name: str = "rnn_seq"
     arch: str = "student_rnn"  # student_rnn | student_cnn
     kd: str = "seq"  # none | word | seq | seq+word
+    max_steps: int | None = None  # this student's student_train.max_steps (None: the section's)
 
     def __post_init__(self) -> None:
         _one_of("pipeline.students[].arch", self.arch, ("student_rnn", "student_cnn"))
         _one_of("pipeline.students[].kd", self.kd, ("none", "word", "seq", "seq+word"))
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"pipeline.students[].max_steps must be >= 1, got {self.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,16 @@ def _apply_override(tree: dict, override: str) -> None:
     node[keys[-1]] = value
 
 
+def _yaml_error(path: str | os.PathLike, e: yaml.YAMLError) -> str:
+    """One line: file, line and problem (a `!!python/...` tag is refused like any other error)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    what = "; ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+    if "python/" in what:
+        what += "; only plain YAML is read, no Python tags"
+    return f"{where}: not valid YAML ({' '.join((what or str(e)).split())})"
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (safe_load only), apply `--set` overrides, validate strictly."""
     tree: dict = {}
@@ -358,7 +371,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            raise ConfigError(_yaml_error(path, e)) from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for ov in overrides or []:

@@ -16,15 +16,24 @@ lowest-scoring fraction of teacher translations.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nmt_kd.config import Config, section_hash
 from nmt_kd.errors import UserError
-from nmt_kd.fileio import atomic_open, read_lines, sha256_file, write_json, write_lines
+from nmt_kd.fileio import (
+    atomic_open,
+    count_lines,
+    iter_lines,
+    sha256_file,
+    staged_files,
+    write_json,
+)
 
 
 def shard_ranges(n_lines: int, shard_size: int) -> list[tuple[int, int]]:
@@ -60,21 +69,50 @@ def read_shard(path: Path, start: int, end: int) -> list[dict]:
     return records
 
 
+def _train_files(run_dir: Path) -> tuple[Path, Path, int]:
+    """RUN/data/train.src, train.tgt and their line count, checked to be line-aligned."""
+    data = run_dir / "data"
+    n_src, n_ref = count_lines(data / "train.src"), count_lines(data / "train.tgt")
+    if n_src != n_ref:
+        raise UserError(f"{data}: train.src has {n_src} lines but train.tgt has {n_ref}")
+    return data / "train.src", data / "train.tgt", n_src
+
+
+def _shard_lines(src_path: Path, ref_path: Path, ranges: list[tuple[int, int]],
+                 wanted: list[int]) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(index, source lines, reference lines) of each wanted shard, reading both files once."""
+    left = set(wanted)
+    src_it, ref_it = iter_lines(src_path), iter_lines(ref_path)
+    try:
+        for i, (start, end) in enumerate(ranges):
+            if not left:
+                return
+            if i not in left:  # skip a shard without keeping its lines
+                deque(itertools.islice(src_it, end - start), maxlen=0)
+                deque(itertools.islice(ref_it, end - start), maxlen=0)
+                continue
+            left.discard(i)
+            yield i, list(itertools.islice(src_it, end - start)), list(itertools.islice(ref_it, end - start))
+    finally:
+        src_it.close()
+        ref_it.close()
+
+
 def translate_shards(
     cfg: Config, run_dir: str | Path, teacher_dir: str | Path | None = None,
     worker_index: int = 0, num_workers: int = 1, log: Callable[[str], None] = print,
 ) -> list[int]:
-    """Translate the missing shards assigned to this worker; returns the shard indices done now."""
+    """Translate the missing shards assigned to this worker; returns the shard indices done now.
+
+    The training source is read shard by shard, so memory does not grow with the corpus.
+    """
     from nmt_kd.models.registry import load_model_dir
     from nmt_kd.translate import Translator
 
     run_dir = Path(run_dir)
     dc = cfg.distill
-    src = read_lines(run_dir / "data" / "train.src")
-    ref = read_lines(run_dir / "data" / "train.tgt")
-    if len(src) != len(ref):
-        raise UserError(f"{run_dir / 'data'}: train.src has {len(src)} lines but train.tgt has {len(ref)}")
-    ranges = shard_ranges(len(src), dc.shard_size)
+    src_path, ref_path, n_lines = _train_files(run_dir)
+    ranges = shard_ranges(n_lines, dc.shard_size)
     mine = [i for i in range(len(ranges)) if i % num_workers == worker_index]
     todo = [i for i in mine if not shard_path(run_dir, i).is_file()]
     log(f"distill: {len(ranges)} shards of <= {dc.shard_size} lines; worker {worker_index}/{num_workers} "
@@ -88,16 +126,17 @@ def translate_shards(
     metric = _sentence_metric(dc.seq_inter_metric) if dc.seq_inter else None
     t0, lines_done = time.perf_counter(), 0
     total_lines = sum(ranges[i][1] - ranges[i][0] for i in todo)
-    for i in todo:
+    for i, src, ref in _shard_lines(src_path, ref_path, ranges, todo):
         start, end = ranges[i]
-        res = translator.translate(src[start:end], beam=dc.beam, nbest=nbest)
+        translator.line_offset = start
+        res = translator.translate(src, beam=dc.beam, nbest=nbest)
         with atomic_open(shard_path(run_dir, i)) as f:
             for k in range(end - start):
                 record: dict = {"i": start + k}
                 if res.nbest is not None and res.nbest[k]:
                     cands = res.nbest[k]
                     if metric is not None:
-                        best = max(range(len(cands)), key=lambda j: (metric(cands[j][0], ref[start + k]), -j))
+                        best = max(range(len(cands)), key=lambda j: (metric(cands[j][0], ref[k]), -j))
                     else:
                         best = 0
                     record.update(hyp=cands[best][0], score=cands[best][1], rank=best,
@@ -119,56 +158,75 @@ def missing_shards(run_dir: str | Path, n_lines: int, shard_size: int) -> tuple[
 
 
 def merge_shards(cfg: Config, run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Check and merge all shards into RUN/distill/train.{src,tgt}; returns the manifest."""
+    """Check and merge all shards into RUN/distill/train.{src,tgt}; returns the manifest.
+
+    Two passes over the shards, one shard in memory at a time: the first checks every shard
+    and decides which lines to keep (a few bytes per line), the second writes them.
+    """
+    import numpy as np
+
     run_dir = Path(run_dir)
     dc = cfg.distill
-    src = read_lines(run_dir / "data" / "train.src")
-    ref = read_lines(run_dir / "data" / "train.tgt")
-    ranges = shard_ranges(len(src), dc.shard_size)
-    missing, _ = missing_shards(run_dir, len(src), dc.shard_size)
+    src_path, ref_path, n_lines = _train_files(run_dir)
+    ranges = shard_ranges(n_lines, dc.shard_size)
+    missing, _ = missing_shards(run_dir, n_lines, dc.shard_size)
     if missing:
         raise UserError(f"distillation is incomplete: {len(missing)} of {len(ranges)} shards are "
                         f"missing (first: {shard_path(run_dir, missing[0])}); run `nmt-kd distill` again")
-    records = []
+    keep = np.zeros(n_lines, bool)
+    scored = np.zeros(n_lines, bool)
+    reranked = np.zeros(n_lines, bool)
+    scores = np.zeros(n_lines, np.float64)
     for i, (start, end) in enumerate(ranges):
-        records.extend(read_shard(shard_path(run_dir, i), start, end))
-    assert len(records) == len(src)  # guaranteed by read_shard's per-shard check
-    keep = [r for r in records if r["hyp"].strip()]
-    dropped_empty = len(records) - len(keep)
-    if not keep:
-        raise UserError(f"every teacher translation is empty ({len(records)} lines); the teacher "
+        for r in read_shard(shard_path(run_dir, i), start, end):  # checks one record per line
+            k = r["i"]
+            keep[k] = bool(r["hyp"].strip())
+            reranked[k] = r.get("rank", 0) > 0
+            if r["score"] is not None:
+                scored[k], scores[k] = True, r["score"]
+    dropped_empty = int(n_lines - keep.sum())
+    if not keep.any():
+        raise UserError(f"every teacher translation is empty ({n_lines} lines); the teacher "
                         "is not trained enough to distil from")
     dropped_worst = 0
     if dc.drop_worst > 0:
-        scored = [r for r in keep if r["score"] is not None]
-        n_drop = int(math.floor(dc.drop_worst * len(scored)))
+        cand = np.flatnonzero(keep & scored)
+        n_drop = int(math.floor(dc.drop_worst * len(cand)))
         if n_drop:
-            worst = {r["i"] for r in sorted(scored, key=lambda r: (r["score"], r["i"]))[:n_drop]}
-            keep = [r for r in keep if r["i"] not in worst]
+            worst = cand[np.lexsort((cand, scores[cand]))[:n_drop]]  # by score, then line
+            keep[worst] = False
             dropped_worst = n_drop
-    out_src = [src[r["i"]] for r in keep]
-    out_tgt = [r["hyp"] for r in keep]
-    if dc.keep_original:
-        out_src += src
-        out_tgt += ref
+    n_keep = int(keep.sum())
     out = run_dir / "distill"
-    write_lines(out / "train.src", out_src)
-    write_lines(out / "train.tgt", out_tgt)
-    manifest = {
-        "source_lines": len(src),
-        "distilled_pairs": len(keep),
-        "original_pairs_added": len(src) if dc.keep_original else 0,
-        "lines": len(out_src),
-        "dropped_empty_hypothesis": dropped_empty,
-        "dropped_worst": dropped_worst,
-        "seq_inter": dc.seq_inter,
-        "seq_inter_changed": sum(1 for r in keep if r.get("rank", 0) > 0),
-        "config_hash": section_hash(dc),
-        "hashes": {"train.src": sha256_file(out / "train.src"),
-                   "train.tgt": sha256_file(out / "train.tgt")},
-    }
-    write_json(out / "manifest.json", manifest)
-    log(f"distill: merged {len(ranges)} shards -> {len(out_src)} pairs "
+    with staged_files(out) as staging:  # train.src, train.tgt and the manifest move in together
+        with atomic_open(staging / "train.src") as fs, atomic_open(staging / "train.tgt") as ft:
+            src_it = iter_lines(src_path)
+            for i, (start, end) in enumerate(ranges):
+                for r, s in zip(read_shard(shard_path(run_dir, i), start, end),
+                                itertools.islice(src_it, end - start), strict=True):
+                    if keep[r["i"]]:
+                        fs.write(s + "\n")
+                        ft.write(r["hyp"] + "\n")
+            src_it.close()
+            if dc.keep_original:
+                for s, t in zip(iter_lines(src_path), iter_lines(ref_path), strict=True):
+                    fs.write(s + "\n")
+                    ft.write(t + "\n")
+        manifest = {
+            "source_lines": n_lines,
+            "distilled_pairs": n_keep,
+            "original_pairs_added": n_lines if dc.keep_original else 0,
+            "lines": n_keep + (n_lines if dc.keep_original else 0),
+            "dropped_empty_hypothesis": dropped_empty,
+            "dropped_worst": dropped_worst,
+            "seq_inter": dc.seq_inter,
+            "seq_inter_changed": int((reranked & keep).sum()),
+            "config_hash": section_hash(dc),
+            "hashes": {"train.src": sha256_file(staging / "train.src"),
+                       "train.tgt": sha256_file(staging / "train.tgt")},
+        }
+        write_json(staging / "manifest.json", manifest)
+    log(f"distill: merged {len(ranges)} shards -> {manifest['lines']} pairs "
         f"({dropped_empty} empty and {dropped_worst} lowest-scoring hypotheses dropped"
         + (f", {manifest['seq_inter_changed']} picked below rank 1 by seq-inter" if dc.seq_inter else "")
         + ")")

@@ -7,6 +7,7 @@ fsync'ed, then renamed over the target (rename is atomic on POSIX file systems).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write that failed for lack of room
 
 
 @contextlib.contextmanager
@@ -30,9 +33,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _NO_ROOM and e.filename is None:
+            e.filename = str(path)  # a failed write() names no file; say which output it was
         raise
 
 
@@ -56,6 +61,32 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_files(directory: str | os.PathLike, last: str = "manifest.json") -> Iterator[Path]:
+    """Write a stage's files into a hidden staging directory; move them into `directory` together.
+
+    On success every file is renamed into `directory` (`last`, the file whose presence marks
+    a complete stage, after the others); on any error (a full disk, an interrupt) nothing is
+    moved, so the previous outputs stay as they were, all of them.
+    """
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=directory))
+    try:
+        yield staging
+        names = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
+        for name in sorted(names, key=lambda n: n == last):
+            os.replace(staging / name, directory / name)
+    except OSError as e:
+        if e.errno in _NO_ROOM and e.filename and Path(e.filename).parent == staging:
+            e.filename = str(directory / Path(e.filename).name)  # name the output, not the staging copy
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
@@ -88,7 +119,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def iter_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The lines of a UTF-8 file written by this package, read lazily ('\\n' ends removed)."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            yield line[:-1] if line.endswith("\n") else line
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Read a UTF-8 file written by this package (one sentence per line, '\\n' ends)."""
-    with open(path, encoding="utf-8", newline="\n") as f:
-        return [line[:-1] if line.endswith("\n") else line for line in f]
+    return list(iter_lines(path))
+
+
+def count_lines(path: str | os.PathLike, chunk: int = 1 << 20) -> int:
+    """Number of lines `read_lines` would return, counted without holding the file in memory."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")

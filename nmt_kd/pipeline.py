@@ -10,6 +10,7 @@ when its config or inputs changed, its old output is removed and it starts over.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -55,6 +56,14 @@ def stage_hash(stage: Stage) -> str:
 
 def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
     return [run / "data" / f"{s}.{side}" for s in splits for side in ("src", "tgt")]
+
+
+def _student_config(cfg: Config, spec) -> Config:
+    """`cfg` with this student's own step budget, if it has one."""
+    if spec.max_steps is None:
+        return cfg
+    return dataclasses.replace(
+        cfg, student_train=dataclasses.replace(cfg.student_train, max_steps=spec.max_steps))
 
 
 def _model_files(model_dir: Path) -> list[Path]:
@@ -107,8 +116,8 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
              "max_positions": c["model"]["max_positions"], "train": c["student_train"],
              "distill": c["distill"] if spec.kd != "none" else None, "decode": c["decode"]},
             inputs,
-            run=lambda spec=spec: train_model(cfg, run, spec.arch, name=spec.name, kd=spec.kd,
-                                              resume=True, log=log),
+            run=lambda spec=spec: train_model(_student_config(cfg, spec), run, spec.arch,
+                                              name=spec.name, kd=spec.kd, resume=True, log=log),
             resumable=True, products=_model_files(run / spec.name)))
     for name in ["teacher"] + [s.name for s in students]:
         stages.append(Stage(

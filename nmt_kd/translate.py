@@ -3,14 +3,17 @@
 Sentences are tokenized, sorted by length into batches (less padding, fewer distinct
 shapes), decoded with greedy or beam search inside one `tf.function` per (beam, length
 bucket), and returned in the input order. An empty line translates to an empty line.
+`Translator.translate_stream` does the same chunk by chunk over an iterable of lines, so
+memory stays bounded by the chunk size however long the input is.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +26,7 @@ from nmt_kd.errors import UserError
 from nmt_kd.tokenizer import Tokenizer
 
 LEN_BUCKET = 16  # output-length limits are rounded up to this, bounding the number of traces
+CHUNK_LINES = 10_000  # lines per chunk when translating a stream
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Translator:
 
     def __init__(self, model, tokenizer: Tokenizer, cfg: DecodeConfig):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.line_offset = 0  # added to line numbers in messages (set per chunk by translate_stream)
         self._fns: dict[tuple[int, int, int], tf.types.experimental.GenericFunction] = {}
 
     def _decode_fn(self, beam: int, max_len: int, nbest: int):
@@ -97,7 +102,7 @@ class Translator:
             if len(seq) > limit:
                 if self.cfg.on_long_line == "error":
                     raise UserError(
-                        f"input line {i + 1} has {len(seq)} tokens, more than decode.max_src_len="
+                        f"input line {self.line_offset + i + 1} has {len(seq)} tokens, more than decode.max_src_len="
                         f"{self.cfg.max_src_len} (set decode.on_long_line: truncate to cut it)"
                     )
                 ids[i] = seq[:limit]
@@ -149,6 +154,29 @@ class Translator:
             print(file=sys.stderr)
         return TranslationResult(hyps, counts, time.perf_counter() - t0, truncated, nbest_out)
 
+    def translate_stream(
+        self, lines: Iterable[str], chunk_lines: int = CHUNK_LINES, beam: int | None = None,
+        batch_size: int | None = None,
+    ) -> Iterator[TranslationResult]:
+        """Translate `lines` (any iterable, read lazily) `chunk_lines` at a time.
+
+        Yields one `TranslationResult` per chunk, in input order; each chunk is length-sorted
+        and batched like `translate`, so the output is line for line that of
+        `translate(list(lines))` (only the batches, cut within each chunk, differ).
+        """
+        if chunk_lines < 1:
+            raise UserError(f"the chunk size must be at least 1 line, got {chunk_lines}")
+        it = iter(lines)
+        first = 0
+        while chunk := list(itertools.islice(it, chunk_lines)):
+            self.line_offset = first
+            try:
+                result = self.translate(chunk, beam=beam, batch_size=batch_size)
+            finally:
+                self.line_offset = 0
+            first += len(chunk)
+            yield result
+
 
 def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int]:
     """(translator, model meta, size on disk in bytes) for a model directory or a TFLite export."""
@@ -179,29 +207,29 @@ def _progress(done: int, total: int, elapsed: float) -> None:
           f"{rate:.1f} sent/s, ETA {eta:.0f}s", end="", file=sys.stderr, flush=True)
 
 
-def read_input_lines(path: str | None, clean: bool = True) -> list[str]:
-    """Lines from a file or stdin (`-` or None), split on '\\n' only, CR/LF ends removed.
+def iter_input_lines(path: str | None, clean: bool = True) -> Iterator[str]:
+    """Lines from a file or stdin (`-` or None), read lazily, split on '\\n' only, CR/LF ends removed.
 
     With `clean`, each line gets the training normalisation (NFC, whitespace); references
-    are read with `clean=False` so that they are scored exactly as given.
+    are read with `clean=False` so that they are scored exactly as given. A line that is not
+    valid UTF-8 or holds a NUL byte is an error naming the file and line.
     """
     from nmt_kd.data.clean import normalize
-    from nmt_kd.data.readers import _BadLine, decode_line, iter_raw_lines
+    from nmt_kd.data.readers import _BadLine, decode_line, iter_raw_lines, split_raw_lines
 
     if path in (None, "-"):
-        data = sys.stdin.buffer.read()
-        raw_lines: Iterable[bytes] = data.split(b"\n")
-        if data.endswith(b"\n"):
-            raw_lines = list(raw_lines)[:-1]
-        raw_lines = [r[:-1] if r.endswith(b"\r") else r for r in raw_lines]
+        raw_lines: Iterable[bytes] = split_raw_lines(sys.stdin.buffer, "<stdin>")
         where = "<stdin>"
     else:
         raw_lines, where = iter_raw_lines(path), path
-    out = []
     for lineno, raw in enumerate(raw_lines, 1):
         try:
             text = decode_line(raw)
-            out.append(normalize(text) if clean else text)
         except _BadLine as e:
             raise UserError(f"{where}:{lineno}: {e.reason}") from None
-    return out
+        yield normalize(text) if clean else text
+
+
+def read_input_lines(path: str | None, clean: bool = True) -> list[str]:
+    """All lines of a file or stdin as a list (see `iter_input_lines`)."""
+    return list(iter_input_lines(path, clean))

@@ -83,14 +83,38 @@ def test_students_list(tmp_path):
     assert cfg.pipeline.students[0].arch == "student_cnn"
     with pytest.raises(ConfigError, match="kd must be one of"):
         load_config(write(tmp_path, "pipeline:\n  students:\n    - {name: a, kd: words}\n"))
+    cfg = load_config(write(tmp_path, "pipeline:\n  students:\n    - {name: a, max_steps: 30}\n    - {name: b}\n"))
+    from nmt_kd.pipeline import _student_config
+
+    a, b = cfg.pipeline.students
+    assert _student_config(cfg, a).student_train.max_steps == 30
+    assert _student_config(cfg, b).student_train.max_steps == cfg.student_train.max_steps != 30
+    assert _student_config(cfg, a).train == cfg.train  # the teacher's section is untouched
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        load_config(write(tmp_path, "pipeline:\n  students:\n    - {name: a, max_steps: 0}\n"))
 
 
-def test_python_tags_cannot_execute(tmp_path):
+@pytest.mark.parametrize("payload, executes", [
+    ("!!python/object/apply:os.system ['touch {m}']", True),
+    ("!!python/object/apply:subprocess.check_call [['touch', '{m}']]", True),
+    ("!!python/name:os.system ''", False),
+], ids=["os.system", "subprocess", "name"])
+def test_python_tags_cannot_execute(tmp_path, capsys, payload, executes):
+    from nmt_kd import cli
+
     marker = tmp_path / "pwned"
-    p = write(tmp_path, f"data: !!python/object/apply:os.system ['touch {marker}']\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(p)
-    assert not marker.exists()
+    p = write(tmp_path, f"data: {payload.format(m=marker)}\n")
+    yaml.unsafe_load(p.read_text())  # under an unsafe loader the payload is live...
+    assert marker.exists() == executes
+    if executes:
+        marker.unlink()
+    with pytest.raises(ConfigError, match=rf"{p}:1: not valid YAML .*only plain YAML is read"):
+        load_config(p)  # ...here it is refused
+    # the CLI: one line, exit 2, nothing executed, nothing written
+    assert cli.main(["prepare", "--config", str(p), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"nmt-kd: error: {p}:1: not valid YAML")
+    assert not marker.exists() and not (tmp_path / "run").exists()
 
 
 def test_missing_file_and_non_mapping(tmp_path):

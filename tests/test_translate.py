@@ -107,19 +107,29 @@ def test_cli_translate_stdin_and_evaluate(tiny_teacher, tmp_path):
     assert "BLEU" in r.stdout and "nrefs:1" in r.stdout
 
 
-def test_a_model_file_with_a_lambda_layer_is_refused(tiny_teacher, tmp_path):
+def test_a_model_file_with_a_lambda_layer_is_refused(tiny_run, tmp_path):
     import keras
+    import numpy as np
 
+    run, _ = tiny_run
     marker = tmp_path / "executed"
     inp = keras.Input((3,))
-    out = keras.layers.Lambda(lambda x: x * 2)(inp)
+    # a Lambda whose code writes a file when it runs (once here, while the model is built)
+    path = str(marker)
+    out = keras.layers.Lambda(lambda x: (open(path, "w").close(), x * 2)[1])(inp)
     evil = tmp_path / "evil"
     evil.mkdir()
     keras.Model(inp, out).save(evil / "model.keras")
-    shutil.copy(tiny_teacher / "teacher/spm.model", evil / "spm.model")
-    with pytest.raises(UserError, match="cannot load the model"):
+    shutil.copy(run / "vocab/spm.model", evil / "spm.model")
+    marker.unlink()
+    with pytest.raises(UserError, match=r"model.keras: cannot load the model .*Lambda.*safe_mode") as e:
         load_model_dir(evil)
+    assert "\n" not in str(e.value)  # one line on the command line
     assert not marker.exists()
+    # the payload is live: an unsafe load runs it, so the refusal above is what protects
+    loaded = keras.saving.load_model(evil / "model.keras", safe_mode=False, compile=False)
+    loaded(np.zeros((1, 3), "float32"))
+    assert marker.exists()
 
 
 def test_disk_full_is_a_clear_error(monkeypatch, capsys, tmp_path):

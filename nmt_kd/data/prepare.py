@@ -27,7 +27,7 @@ from nmt_kd.data.readers import (
     read_tsv_pairs,
 )
 from nmt_kd.errors import ConfigError, CorpusError
-from nmt_kd.fileio import sha256_file, write_json, write_lines
+from nmt_kd.fileio import sha256_file, staged_files, write_json, write_lines
 
 Pairs = list[tuple[str, str]]
 SPLITS = ("train", "valid", "test")
@@ -148,12 +148,29 @@ def prepare_data(cfg: Config, run_dir: str | Path, log: Callable[[str], None] = 
 
     splits = {"train": train, "valid": valid, "test": test}
     hashes = {}
-    for name, rows in splits.items():
-        for side, idx in (("src", 0), ("tgt", 1)):
-            path = out / f"{name}.{side}"
-            write_lines(path, (r[idx] for r in rows))
-            hashes[f"{name}.{side}"] = sha256_file(path)
-    manifest = {
+    # all files move into RUN/data together at the end: a failed write (full disk) leaves
+    # the previous outputs exactly as they were, never half old and half new
+    with staged_files(out) as staging:
+        for name, rows in splits.items():
+            for side, idx in (("src", 0), ("tgt", 1)):
+                path = staging / f"{name}.{side}"
+                write_lines(path, (r[idx] for r in rows))
+                hashes[f"{name}.{side}"] = sha256_file(path)
+        manifest = _manifest(d, splits, n_read, stats, report, hashes, t0)
+        save_config(cfg, staging / "config.yaml")
+        write_json(staging / "manifest.json", manifest)  # moved last: marks a complete stage
+    log(
+        f"prepare: {manifest['counts']['train']} train / {manifest['counts']['valid']} valid / "
+        f"{manifest['counts']['test']} test pairs; removed from train: "
+        + (", ".join(f"{k} {v}" for k, v in report.as_dict().items()) or "nothing")
+        + (f"; skipped while reading: {dict(stats.skipped)}" if stats.total_skipped else "")
+    )
+    return manifest
+
+
+def _manifest(d: DataConfig, splits: dict[str, Pairs], n_read: int, stats: ReadStats,
+              report: clean.FilterReport, hashes: dict[str, str], t0: float) -> dict:
+    return {
         "source": d.source,
         "src_lang": d.src_lang,
         "tgt_lang": d.tgt_lang,
@@ -166,12 +183,3 @@ def prepare_data(cfg: Config, run_dir: str | Path, log: Callable[[str], None] = 
         "config_hash": section_hash(d),
         "seconds": round(time.time() - t0, 2),
     }
-    save_config(cfg, out / "config.yaml")
-    write_json(out / "manifest.json", manifest)  # last: its presence marks a complete stage
-    log(
-        f"prepare: {manifest['counts']['train']} train / {manifest['counts']['valid']} valid / "
-        f"{manifest['counts']['test']} test pairs; removed from train: "
-        + (", ".join(f"{k} {v}" for k, v in report.as_dict().items()) or "nothing")
-        + (f"; skipped while reading: {dict(stats.skipped)}" if stats.total_skipped else "")
-    )
-    return manifest

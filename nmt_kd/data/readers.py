@@ -3,7 +3,8 @@
 Every reader yields `(src, tgt)` string pairs and never lets the two sides drift apart:
 lines are split on '\\n' only (a lone '\\r' inside a line stays inside that line and is
 cleaned later; a trailing '\\r' of a CRLF line end is removed), a UTF-8 BOM at the start of
-a file is dropped, and `.gz` files are read transparently. A line that cannot be decoded
+a file is dropped (a UTF-16/32 one is refused), and `.gz` files are read transparently
+(a truncated one is an error naming the last complete line). A line that cannot be decoded
 (invalid UTF-8, NUL bytes, a malformed TSV/JSON record) is either an error naming the file
 and line (`on_bad_line="error"`) or a counted skip of the whole pair (`on_bad_line="skip"`).
 """
@@ -55,24 +56,53 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
+# Byte-order marks of encodings that are not UTF-8 (longest first: UTF-32 LE starts like UTF-16 LE).
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def split_raw_lines(f, where: str | Path, gzipped: bool = False) -> Iterator[bytes]:
+    """Yield the lines of an open binary stream, split on b'\\n' only, without the line end.
+
+    A UTF-8 BOM at the start is dropped; a UTF-16/UTF-32 BOM, or gzip data in a file whose
+    name does not end in .gz, is an error (every line would be garbage).
+    """
+    lineno = 0
+    try:
+        for raw in f:
+            if raw.endswith(b"\n"):
+                raw = raw[:-1]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            lineno += 1
+            if lineno == 1:
+                raw = _check_start(raw, where, gzipped)
+            yield raw
+    except (EOFError, OSError, zlib.error) as e:
+        if not gzipped:
+            raise
+        raise CorpusError(f"{where}: the compressed file is truncated or corrupt after line "
+                          f"{lineno} ({e})") from None
+
+
+def _check_start(raw: bytes, where: str | Path, gzipped: bool) -> bytes:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:]
+    for bom, name in _OTHER_BOMS:
+        if raw.startswith(bom):
+            raise CorpusError(f"{where}:1: the file starts with a {name} byte-order mark; it is "
+                              f"{name}, not UTF-8 (convert it, e.g. iconv -f {name} -t UTF-8)")
+    if raw.startswith(b"\x1f\x8b") and not gzipped:
+        raise CorpusError(f"{where}:1: the data is gzip-compressed but is not read as gzip "
+                          "(name the file *.gz, or decompress it)")
+    return raw
+
+
 def iter_raw_lines(path: str | Path) -> Iterator[bytes]:
-    """Yield the lines of a file as bytes, split on b'\\n' only, without the line end."""
+    """Yield the lines of a file as bytes (see `split_raw_lines`); `.gz` files are decompressed."""
     path = Path(path)
-    first = True
     with _open_binary(path) as f:
-        try:
-            for raw in f:
-                if raw.endswith(b"\n"):
-                    raw = raw[:-1]
-                if raw.endswith(b"\r"):
-                    raw = raw[:-1]
-                if first:
-                    first = False
-                    if raw.startswith(b"\xef\xbb\xbf"):
-                        raw = raw[3:]
-                yield raw
-        except (EOFError, OSError, zlib.error) as e:
-            raise CorpusError(f"{path}: cannot read the compressed file to its end ({e})") from None
+        yield from split_raw_lines(f, path, gzipped=path.suffix == ".gz")
 
 
 def decode_line(raw: bytes) -> str:

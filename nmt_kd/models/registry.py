@@ -118,7 +118,8 @@ def load_model_dir(model_dir: str | Path, precision: str = "trained"):
     try:
         model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
     except Exception as e:  # a corrupt or foreign file: the user's to fix
-        raise UserError(f"{model_dir / 'model.keras'}: cannot load the model ({type(e).__name__}: {e})") from None
+        why = " ".join(str(e).split())  # one line: Keras messages span several
+        raise UserError(f"{model_dir / 'model.keras'}: cannot load the model ({type(e).__name__}: {why})") from None
     vocab = int(model.get_config().get("vocab_size", -1))
     if vocab != tokenizer.vocab_size:
         raise UserError(
