@@ -63,6 +63,27 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_dead_staging(directory: Path) -> None:
+    """Staging directories left by a killed process (`.staging.PID.*`, PID no longer running)."""
+    import shutil
+
+    for d in directory.glob(".staging.*"):
+        parts = d.name.split(".")
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+        if d.is_dir() and (pid is None or not _pid_alive(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_files(directory: str | os.PathLike, last: str = "manifest.json") -> Iterator[Path]:
     """Write a stage's files into a hidden staging directory; move them into `directory` together.
@@ -75,7 +96,8 @@ def staged_files(directory: str | os.PathLike, last: str = "manifest.json") -> I
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=directory))
+    _remove_dead_staging(directory)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging.{os.getpid()}.", dir=directory))
     try:
         yield staging
         names = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))

@@ -500,3 +500,22 @@ def test_write_errors_that_mean_no_room_are_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_prepare", other)
     with pytest.raises(PermissionError):  # not a "no room" error: stays a visible bug/traceback
         cli.main(["prepare", "--src", "a", "--tgt", "b"])
+
+
+def test_staging_left_by_a_killed_process_is_removed_by_the_next_write(tmp_path):
+    import os
+
+    from nmt_kd.fileio import staged_files
+
+    out = tmp_path / "data"
+    dead = out / ".staging.999999999.abc"  # no such process
+    live = out / f".staging.{os.getpid()}.xyz"  # a writer still running (this one)
+    for d in (dead, live):
+        d.mkdir(parents=True)
+        (d / "train.src").write_text("half\n")
+    with staged_files(out) as staging:
+        (staging / "train.src").write_text("new\n")
+        (staging / "manifest.json").write_text("{}")
+    assert not dead.exists() and live.is_dir()
+    assert (out / "train.src").read_text() == "new\n"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.json", "train.src"]
