@@ -40,17 +40,23 @@ class Stage:
     products: list[Path] = field(default_factory=list)
 
 
-def _hash_inputs(paths: list[Path]) -> dict[str, str]:
+def _hash_inputs(paths: list[Path], run: Path | None = None) -> dict[str, str]:
+    """{name: sha256} of a stage's input files; files inside the run directory are named
+    relative to it, so a run directory moved or spelt differently keeps its hashes."""
     out = {}
     for p in paths:
         if not p.is_file():
             raise UserError(f"stage input {p} is missing; an earlier stage did not complete")
-        out[str(p)] = sha256_file(p)
+        name = str(p)
+        if run is not None and p.resolve().is_relative_to(run.resolve()):
+            name = str(p.resolve().relative_to(run.resolve()))
+        out[name] = sha256_file(p)
     return out
 
 
-def stage_hash(stage: Stage) -> str:
-    blob = json.dumps({"config": stage.config, "inputs": _hash_inputs(stage.inputs)}, sort_keys=True)
+def stage_hash(stage: Stage, run: Path | None = None) -> str:
+    blob = json.dumps({"config": stage.config, "inputs": _hash_inputs(stage.inputs, run)},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -175,7 +181,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
     for stage in build_stages(cfg, run, log):
         if until and STAGES.index(stage.group) > STAGES.index(until):
             break
-        fingerprint = stage_hash(stage)
+        fingerprint = stage_hash(stage, run)
         done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
         if stage.group not in force and done_file.is_file() and read_json(done_file).get("hash") == fingerprint:
             log(f"== {stage.name}: unchanged since {read_json(done_file).get('finished')}, skipped")

@@ -43,9 +43,24 @@ def train_tokenizer(
         except RuntimeError as e:  # sentencepiece reports bad settings as RuntimeError
             raise UserError(f"SentencePiece training failed for vocab.size={cfg.size}: "
                             f"{str(e).split('] ')[-1]}") from None
+        _drop_training_path(prefix + ".model")
         shutil.move(prefix + ".vocab", out_dir / "spm.vocab")
         os.replace(prefix + ".model", out_dir / "spm.model")  # the model file last
     return out_dir / "spm.model"
+
+
+def _drop_training_path(model_file: str) -> None:
+    """SentencePiece stores the (random, temporary) path it was trained into in the model;
+    replace it with a fixed name, so that the same corpus and settings give the same bytes
+    (the pipeline hashes spm.model to decide what later stages must redo)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(model_file, "rb") as f:
+        proto.ParseFromString(f.read())
+    proto.trainer_spec.model_prefix = "spm"
+    with open(model_file, "wb") as f:
+        f.write(proto.SerializeToString())
 
 
 def _train_spm(cfg: VocabConfig, src_path, tgt_path, prefix: str) -> None:

@@ -57,6 +57,10 @@ def test_pipeline_runs_skips_and_reruns_only_what_changed(pipeline_tree, tmp_pat
     assert (run / "rnn_seq/model.keras").read_bytes() == model_bytes
     assert json.loads((run / "teacher/done.json").read_text())["adopted"] is True
     assert run_pipeline(config_from_dict(tree), run, log=quiet) == []  # now recorded as done
+    # a run directory moved elsewhere keeps its stage hashes: nothing is redone
+    moved = tmp_path / "elsewhere" / "run2"
+    shutil.copytree(run, moved)
+    assert run_pipeline(config_from_dict(tree), moved, log=quiet) == []
 
 
 def test_until_and_force(pipeline_tree, tmp_path):

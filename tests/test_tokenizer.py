@@ -59,3 +59,14 @@ def test_impossible_vocab_size_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="SentencePiece training failed for vocab.size=10"):
         train_tokenizer(VocabConfig(size=10), src, tgt, tmp_path / "vocab")
     assert not (tmp_path / "vocab/spm.model").exists()
+
+
+def test_same_corpus_and_settings_give_the_same_model_bytes(tmp_path):
+    """The model must not carry the temporary path it was trained in: the pipeline hashes
+    spm.model, and a re-run of the vocab stage must not invalidate every later stage."""
+    src, tgt = write_pair_files(tmp_path / "raw", toy_pairs(300))
+    a = train_tokenizer(VocabConfig(size=60), src, tgt, tmp_path / "a")
+    b = train_tokenizer(VocabConfig(size=60), src, tgt, tmp_path / "b" / "deeper")
+    assert a.read_bytes() == b.read_bytes()
+    assert str(tmp_path) not in a.read_bytes().decode("latin-1")
+    assert Tokenizer(a).encode(["w1 w2"]) == Tokenizer(b).encode(["w1 w2"])
