@@ -59,9 +59,14 @@ def evaluate_model(
     model_dir: str | Path, src: str | Path, ref: str | Path, beam: int = 5, batch_size: int = 64,
     decode_cfg: DecodeConfig | None = None, test_set: str | None = None,
     out_json: str | Path | None = None, speed_sentences: int = 0, translator: Translator | None = None,
-    log=print,
+    log=print, scored: tuple[int, list[str]] | None = None,
 ) -> dict:
-    """Translate `src`, score against `ref`, time a second pass; write metrics JSON if asked."""
+    """Translate `src`, score against `ref`, time a second pass; write metrics JSON if asked.
+
+    `scored=(batch_size, hypotheses)`: score these (the same model and beam decoded at another
+    batch size) instead of decoding the whole set again at `batch_size`; only the timed pass
+    (`speed_sentences`) runs at this batch size. The JSON records `scored_batch_size`.
+    """
     model_dir = Path(model_dir)
     src_lines, ref_lines = read_input_lines(str(src)), read_input_lines(str(ref), clean=False)
     if len(src_lines) != len(ref_lines):
@@ -73,8 +78,16 @@ def evaluate_model(
 
         meta = read_json(model_dir / "model.json") if (model_dir / "model.json").is_file() else {}
         size_bytes = model_size_bytes(model_dir)
-    first = translator.translate(src_lines, beam=beam, batch_size=batch_size)
     timed_src = src_lines[:speed_sentences] if speed_sentences else src_lines
+    if scored is None:
+        first = translator.translate(src_lines, beam=beam, batch_size=batch_size)
+        hyps, truncated, scored_bs = first.hypotheses, first.truncated, batch_size
+    else:
+        scored_bs, hyps = scored
+        if len(hyps) != len(src_lines):
+            raise ValueError(f"{len(hyps)} scored hypotheses for {len(src_lines)} source lines")
+        truncated = translator.encode_sources(src_lines)[1]
+        translator.translate(timed_src, beam=beam, batch_size=batch_size)  # warm-up: traces
     timed = translator.translate(timed_src, beam=beam, batch_size=batch_size)
     metrics = {
         "model": str(model_dir),
@@ -88,18 +101,19 @@ def evaluate_model(
         "beam": int(beam),
         "batch_size": int(batch_size),
         "length_penalty": translator.cfg.length_penalty,
-        **score(first.hypotheses, ref_lines),
+        **score(hyps, ref_lines),
+        "scored_batch_size": int(scored_bs),
         "sentences_per_second": round(len(timed_src) / timed.seconds, 2),
         "tokens_per_second": round(sum(timed.token_counts) / timed.seconds, 1),
         "timed_sentences": len(timed_src),
         "timed_seconds": round(timed.seconds, 3),
-        "truncated_inputs": first.truncated,
+        "truncated_inputs": truncated,
         "machine": machine_info(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if out_json:
         out_json = Path(out_json)
-        write_lines(out_json.with_suffix(".hyp.txt"), first.hypotheses)
+        write_lines(out_json.with_suffix(".hyp.txt"), hyps)
         write_json(out_json, metrics)
     log(f"{metrics['model_type']} ({metrics['kd']}) beam {beam} batch {batch_size}: "
         f"BLEU {metrics['bleu']:.2f} chrF {metrics['chrf']:.2f} TER {metrics['ter']:.2f} | "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nmt_kd.config import Config, config_to_dict, expand_path, save_config
 from nmt_kd.errors import UserError
-from nmt_kd.fileio import read_json, sha256_file, write_json
+from nmt_kd.fileio import read_json, read_lines, sha256_file, write_json
 
 STAGES = ("prepare", "vocab", "teacher", "distill", "students", "evaluate", "report")
 
@@ -151,14 +151,19 @@ def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) 
     translator = Translator(model, tokenizer, cfg.decode)
     rows = []
     for beam in cfg.eval.beams:
-        for bs in cfg.eval.batch_sizes:
-            # batch 1 is slow to time on a whole test set: time a prefix, score everything
+        scored = None
+        for bs in sorted(cfg.eval.batch_sizes, reverse=True):
+            # batch 1 is slow on a whole test set: it times a prefix and scores the
+            # translations of the largest batch size (same model, same beam)
             speed_n = cfg.eval.speed_sentences if bs == 1 else 0
             rows.append(evaluate_model(
                 run / name, run / "data" / "test.src", run / "data" / "test.tgt", beam=beam,
                 batch_size=bs, test_set=cfg.data.test_set_name,
                 out_json=run / "eval" / name / f"beam{beam}.bs{bs}.json",
-                speed_sentences=speed_n, translator=translator, log=log))
+                speed_sentences=speed_n, translator=translator, log=log,
+                scored=scored if speed_n else None))
+            if scored is None:
+                scored = (bs, read_lines(run / "eval" / name / f"beam{beam}.bs{bs}.hyp.txt"))
     return rows
 
 

@@ -33,6 +33,10 @@ def test_pipeline_runs_skips_and_reruns_only_what_changed(pipeline_tree, tmp_pat
     rows = json.loads((run / "report/metrics.json").read_text())["rows"]
     assert len(rows) == 3 * 2 * 2
     assert {r["kd"] for r in rows} == {"none", "seq"}
+    # batch 1 times a prefix and scores the batch-8 translations of the same beam
+    bs1, bs8 = (json.loads((run / f"eval/rnn_seq/beam2.bs{b}.json").read_text()) for b in (1, 8))
+    assert (bs1["scored_batch_size"], bs8["scored_batch_size"]) == (8, 8)
+    assert bs1["bleu"] == bs8["bleu"] and bs1["timed_sentences"] == 5 < bs8["timed_sentences"]
     assert "| rnn_seq | seq |" in (run / "report/report.md").read_text()
     # nothing changed: everything is skipped
     logs = []
