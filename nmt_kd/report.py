@@ -155,12 +155,21 @@ def _plots(run: Path, summary: list[dict], buckets: dict, out: Path) -> list[Pat
         hist_file = run / line["name"] / "train_history.json"
         if not hist_file.is_file():
             continue
-        evals = read_json(hist_file)["evals"]
-        steps = [e["step"] for e in evals]
-        a1.plot(steps, [e["valid_loss"] for e in evals], label=f"{line['name']} valid")
-        if any("train_loss" in e for e in evals):
-            a1.plot([e["step"] for e in evals if "train_loss" in e],
-                    [e["train_loss"] for e in evals if "train_loss" in e], "--", label=f"{line['name']} train")
+        saved = read_json(hist_file)
+        evals, curve = saved["evals"], saved.get("train", [])
+        color = None
+        if curve:  # the training loss every log_every steps
+            (handle,) = a1.plot([e["step"] for e in curve], [e["loss"] for e in curve], "--",
+                                linewidth=1, label=f"{line['name']} train")
+            color = handle.get_color()
+        elif any("train_loss" in e for e in evals):
+            (handle,) = a1.plot([e["step"] for e in evals if "train_loss" in e],
+                                [e["train_loss"] for e in evals if "train_loss" in e], "--",
+                                label=f"{line['name']} train")
+            color = handle.get_color()
+        if evals:
+            a1.plot([e["step"] for e in evals], [e["valid_loss"] for e in evals], "o-",
+                    color=color, markersize=4, label=f"{line['name']} valid")
         if any("valid_bleu" in e for e in evals):
             a2.plot([e["step"] for e in evals if "valid_bleu" in e],
                     [e["valid_bleu"] for e in evals if "valid_bleu" in e], label=line["name"])
@@ -168,6 +177,9 @@ def _plots(run: Path, summary: list[dict], buckets: dict, out: Path) -> list[Pat
     a1.set_ylabel("loss")
     a2.set_xlabel("step")
     a2.set_ylabel("valid BLEU (greedy)")
+    if not a2.get_lines():
+        a2.text(0.5, 0.5, "no validation BLEU recorded\n(train.eval_every: 0, or\nearly_stop_metric: loss)",
+                ha="center", va="center", transform=a2.transAxes, fontsize=9, color="gray")
     for axis in (a1, a2):
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)

@@ -418,7 +418,8 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
                                               step_counter=optimizer.iterations)
     latest = tf.train.latest_checkpoint(ckpt_dir)
     history_path = out / "train_history.json"
-    history: list[dict] = []
+    history: list[dict] = []  # validations
+    train_curve: list[dict] = []  # the training loss every log_every steps
     if latest:
         if not resume:
             raise UserError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue "
@@ -427,8 +428,10 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
         if history_path.is_file():
             from nmt_kd.fileio import read_json
 
-            history = [h for h in read_json(history_path)["evals"]
-                       if h["step"] <= int(optimizer.iterations.numpy())]
+            saved = read_json(history_path)
+            history = [h for h in saved["evals"] if h["step"] <= int(optimizer.iterations.numpy())]
+            train_curve = [h for h in saved.get("train", [])
+                           if h["step"] <= int(optimizer.iterations.numpy())]
         log(f"train {name}: resumed from {latest} at step "
             f"{int(optimizer.iterations.numpy())}, epoch {int(epoch_var.numpy())}, batch {int(batch_var.numpy())}")
     if role.is_chief:
@@ -518,7 +521,7 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
             elapsed_var.assign(elapsed())
             best_manager.save(checkpoint_number=step)
         if role.is_chief:
-            write_json(history_path, {"evals": history})
+            write_json(history_path, {"evals": history, "train": train_curve})
         return tc.patience > 0 and int(bad_evals_var.numpy()) >= tc.patience
 
     def out_of_budget() -> str | None:
@@ -563,6 +566,7 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
                 recent_train_loss = info["loss"]
                 progress.update(step, info, elapsed())
                 if step % tc.log_every == 0:
+                    train_curve.append({"step": step, "loss": round(info["loss"], 4)})
                     with writer.as_default(step=step):
                         tf.summary.scalar("train/loss", info["loss"])
                         tf.summary.scalar("train/learning_rate", lr)
@@ -590,6 +594,13 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
             evaluate_now()
         else:
             save_ckpt()
+            # no periodic validation: one validation loss at the end, for the report's curves
+            history.append({"step": step, "epoch": int(epoch_var.numpy()),
+                            "valid_loss": round(valid_loss(), 4), "elapsed_s": round(elapsed(), 1),
+                            **({"train_loss": round(recent_train_loss, 4)}
+                               if recent_train_loss is not None else {})})
+    if role.is_chief:
+        write_json(history_path, {"evals": history, "train": train_curve})
     writer.flush()
 
     final_from = "last"

@@ -36,7 +36,8 @@ def fake_run(tmp_path):
                 write_lines(run / f"eval/{name}/beam{beam}.bs{bs}.hyp.txt", hyps)
         write_json(run / f"{name}/train_history.json",
                    {"evals": [{"step": 10, "valid_loss": 3.0, "train_loss": 3.5, "valid_bleu": 5.0},
-                              {"step": 20, "valid_loss": 2.0, "train_loss": 2.5, "valid_bleu": 9.0}]})
+                              {"step": 20, "valid_loss": 2.0, "train_loss": 2.5, "valid_bleu": 9.0}],
+                    "train": [{"step": s, "loss": 4.0 - 0.1 * s} for s in range(2, 21, 2)]})
     return run
 
 

@@ -44,12 +44,25 @@ def test_train_saves_model_history_and_learns(tiny_run, tmp_path):
     model, tok, meta = load_model_dir(run / "teacher")
     assert meta["model_type"] == "teacher" and meta["kd"] == "none" and meta["steps"] == 30
     assert meta["vocab_size"] == tok.vocab_size and meta["params"] == model.count_params()
-    hist = json.loads((run / "teacher/train_history.json").read_text())["evals"]
+    saved = json.loads((run / "teacher/train_history.json").read_text())
+    hist = saved["evals"]
     assert [h["step"] for h in hist] == [15, 30]
+    assert [h["step"] for h in saved["train"]] == list(range(3, 31, 3))  # every log_every steps
+    assert saved["train"][-1]["loss"] < saved["train"][0]["loss"]
     assert hist[1]["valid_loss"] < hist[0]["valid_loss"]  # it learns
     assert (run / "teacher/config.yaml").exists() and list((run / "teacher/logs").iterdir())
     # the saved weights are the best checkpoint's (lowest loss here means best BLEU may tie)
     assert meta["final_weights"].startswith("best checkpoint")
+
+
+def test_without_periodic_validation_the_history_still_has_curves(tiny_run, tmp_path):
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=9, eval_every=0)
+    train_model(config_from_dict(tree), run, "teacher", log=quiet)
+    saved = json.loads((run / "teacher/train_history.json").read_text())
+    assert [h["step"] for h in saved["train"]] == [3, 6, 9]
+    (final,) = saved["evals"]  # one validation loss at the end
+    assert final["step"] == 9 and math.isfinite(final["valid_loss"]) and "train_loss" in final
 
 
 def test_existing_checkpoints_need_resume(tiny_run, tmp_path):
