@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,40 @@ def tiny_run(tmp_path_factory):
     prepare_data(cfg, run, log=lambda _m: None)
     build_vocab(cfg.vocab, run, log=lambda _m: None)
     return run, tree
+
+
+CKPT_STATE = re.compile(r'^model_checkpoint_path: "(?:.*/)?ckpt-(\d+)"$', re.M)
+
+
+def checkpoint_state_step(ckpt_dir) -> int | None:
+    """The step of the newest checkpoint recorded in the state file `checkpoint`, or None.
+
+    The state file, not `ckpt-*.index`: TensorFlow writes a checkpoint's data and index
+    first and names it in the state file last, so only a checkpoint named there is one a
+    resumed run will restore.
+    """
+    try:
+        found = CKPT_STATE.search((ckpt_dir / "checkpoint").read_text())
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return int(found.group(1)) if found else None
+
+
+def wait_until(done, proc, log_path, what: str, hang_guard_s: float = 1800) -> None:
+    """Wait until `done()` or the process ends; no deadline a slow machine could miss.
+
+    `hang_guard_s` only catches a process that hangs without ending (far beyond any normal
+    run). A process that ends first, or the guard, fails the test with its output.
+    """
+    t0 = time.monotonic()
+    while not done():
+        if proc.poll() is not None:
+            if done():  # it got there just before it ended
+                return
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}:\n"
+                        + log_path.read_text(errors="replace")[-3000:])
+        if time.monotonic() - t0 > hang_guard_s:
+            proc.kill()
+            pytest.fail(f"no {what} after {hang_guard_s:.0f} s (hung?):\n"
+                        + log_path.read_text(errors="replace")[-3000:])
+        time.sleep(0.05)

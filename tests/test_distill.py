@@ -5,12 +5,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import sacrebleu
 import yaml
-from conftest import clone_run
+from conftest import clone_run, wait_until
 
 from nmt_kd.config import config_from_dict
 from nmt_kd.distill import distill_corpus, merge_shards, shard_path, shard_ranges, translate_shards
@@ -123,18 +122,25 @@ def test_killed_distillation_resumes_with_exactly_one_line_per_input(teacher_run
     cfg_path.write_text(yaml.safe_dump(tree))
     cmd = [sys.executable, "-m", "nmt_kd.cli", "distill", "--config", str(cfg_path), "--run-dir", str(run)]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    t0 = time.time()
-    while not shard_path(run, 3).exists() and time.time() - t0 < 120:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    n_shards = len(shard_ranges(len(read_lines(run / "data/train.src")), 32))
+    log_path = tmp_path / "killed.log"  # kept for the failure messages
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        try:  # no deadline: wait for the fourth shard (or the process's end, which fails)
+            wait_until(lambda: shard_path(run, 3).exists(), proc, log_path, "shard 3")
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    killed_log = log_path.read_text(errors="replace")[-3000:]
     done_before = sorted((run / "distill/shards").glob("shard-*.jsonl"))
-    assert 4 <= len(done_before) < len(shard_ranges(len(read_lines(run / "data/train.src")), 32))
-    assert not (run / "distill/train.tgt").exists()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert f"{len(done_before)} already done" in r.stdout
+    assert proc.returncode == -signal.SIGKILL, killed_log
+    assert 4 <= len(done_before) < n_shards, killed_log
+    assert not (run / "distill/train.tgt").exists(), killed_log
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, f"killed run:\n{killed_log}\nre-run:\n{r.stderr[-3000:]}"
+    assert f"{len(done_before)} already done" in r.stdout, r.stdout[-3000:]
     src = read_lines(run / "data/train.src")
     out_src, out_tgt = read_lines(run / "distill/train.src"), read_lines(run / "distill/train.tgt")
     assert len(out_src) == len(out_tgt)
@@ -144,6 +150,7 @@ def test_killed_distillation_resumes_with_exactly_one_line_per_input(teacher_run
     ref_run, _ = clone(teacher_run, tmp_path / "ref", shard_size=32)
     distill_corpus(config_from_dict(dict(tree)), ref_run, log=quiet)
     assert read_lines(ref_run / "distill/train.tgt") == out_tgt
+    assert read_lines(ref_run / "distill/train.src") == out_src
 
 
 def test_word_kd_needs_a_teacher_and_the_same_vocabulary(teacher_run, tmp_path):

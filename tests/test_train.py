@@ -5,13 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import clone_run
+from conftest import checkpoint_state_step, clone_run, wait_until
 
 from nmt_kd.config import config_from_dict
 from nmt_kd.errors import UserError
@@ -111,45 +110,36 @@ def test_nan_loss_skip_mode_counts_and_continues(tiny_run, tmp_path):
     assert meta["skipped_nan_updates"] == 3  # calls 4, 8, 12 of 13
 
 
-def _wait_for(min_step, run, timeout=400, proc=None):
-    """True once a checkpoint of step >= `min_step` exists; False on timeout or if `proc` ended.
-
-    Any step at or past `min_step` counts: older checkpoints are rotated away, and a fast
-    machine may pass step `min_step` between two polls. Generous timeout: on a loaded 2-core
-    machine, TensorFlow's start-up alone can take minutes.
-    """
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        steps = [int(p.name.split("-")[1].split(".")[0])
-                 for p in (run / "teacher/checkpoints").glob("ckpt-*.index")]
-        if steps and max(steps) >= min_step:
-            return True
-        if proc is not None and proc.poll() is not None:
-            return False
-        time.sleep(0.1)
-    return False
-
-
 def test_killed_run_resumes_from_last_checkpoint(tiny_run, tmp_path):
     run, tree = fresh_run(tiny_run, tmp_path)
-    # far more steps than it will live for: it is killed soon after step 10
+    # far more steps than it will live for: it is killed once step 10 is checkpointed
     tree["train"].update(max_steps=5000, eval_every=0, checkpoint_every=5, keep_checkpoints=2)
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(tree))
     cmd = [sys.executable, "-m", "nmt_kd.cli", "train", "--config", str(cfg_path), "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
-    try:
-        assert _wait_for(10, run, proc=proc), "no checkpoint appeared"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert not (run / "teacher/model.keras").exists()  # it really died mid-run
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")
+    log_path = tmp_path / "killed.log"  # a file, not a pipe: a full pipe would stall training
+    ckpt_dir = run / "teacher/checkpoints"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until(lambda: (checkpoint_state_step(ckpt_dir) or 0) >= 10, proc, log_path,
+                       "a checkpoint of step >= 10 in the state file")
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    killed_log = log_path.read_text(errors="replace")[-3000:]
+    assert proc.returncode == -signal.SIGKILL, f"it ended by itself ({proc.returncode}):\n{killed_log}"
+    assert not (run / "teacher/model.keras").exists(), killed_log  # it really died mid-run
+    last = checkpoint_state_step(ckpt_dir)
     r = subprocess.run(cmd + ["--resume", "--set", "train.max_steps=400"], capture_output=True,
-                       text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    resumed_at = int(r.stdout.split("at step ")[1].split(",")[0])
-    assert 10 <= resumed_at < 400
+                       text=True, env=env)
+    assert r.returncode == 0, f"killed run:\n{killed_log}\nresumed run:\n{r.stderr[-3000:]}"
+    assert f"resumed from {ckpt_dir}/ckpt-{last} at step {last}," in r.stdout, \
+        f"the newest checkpoint in the state file was ckpt-{last}:\n{r.stdout[-2000:]}"
+    assert 10 <= last < 400
     meta = json.loads((run / "teacher/model.json").read_text())
     assert meta["steps"] == 400
     model, tok, _ = load_model_dir(run / "teacher")
