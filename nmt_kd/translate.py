@@ -179,7 +179,8 @@ class Translator:
 
 
 def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int]:
-    """(translator, model meta, size on disk in bytes) for a model directory or a TFLite export."""
+    """(translator, model meta, size on disk in bytes) for a model directory, an ensemble
+    directory or a TFLite export."""
     from pathlib import Path
 
     from nmt_kd.export import TFLITE_FILES
@@ -191,11 +192,12 @@ def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int
         meta = dict(tr.meta, model_type=f"{tr.meta.get('model_type')}",
                     format=f"tflite-{tr.meta['quantize']}")
         return tr, meta, sum((model_dir / f).stat().st_size for f in TFLITE_FILES)
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.registry import load_model_dir, model_dir_bytes
 
+    # an ensemble directory gives an Ensemble, which decodes through the same contract
     model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
     meta = dict(meta, format=f"keras-{'bf16' if model.compute_dtype == 'bfloat16' else 'fp32'}")
-    return Translator(model, tokenizer, cfg), meta, (model_dir / "model.keras").stat().st_size
+    return Translator(model, tokenizer, cfg), meta, model_dir_bytes(model_dir)
 
 
 def _progress(done: int, total: int, elapsed: float) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from nmt_kd.config import ModelConfig
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import read_json, sha256_file, write_json
+from nmt_kd.models.ensemble import is_ensemble_dir
 from nmt_kd.tokenizer import Tokenizer
 
 ARCHS = ("teacher", "student_rnn", "student_cnn")
@@ -101,6 +102,8 @@ def save_model_dir(model, out_dir: str | Path, tokenizer: Tokenizer, meta: dict)
 def load_model_dir(model_dir: str | Path, precision: str = "trained"):
     """Load (model, tokenizer, meta) from a model directory, checking that they match.
 
+    An ensemble directory (one holding ensemble.json) gives an `Ensemble` of its members.
+
     `precision`: "trained" keeps the dtype policy the model was saved with (a model trained
     in bf16 computes in bf16); "fp32" or "bf16" rebuilds it under that policy with the same
     weights (variables stay float32 either way).
@@ -108,6 +111,8 @@ def load_model_dir(model_dir: str | Path, precision: str = "trained"):
     import keras
 
     model_dir = Path(model_dir)
+    if is_ensemble_dir(model_dir):
+        return load_ensemble_dir(model_dir, precision)
     if not (model_dir / "model.keras").is_file():
         raise UserError(f"{model_dir}: no model.keras in this model directory")
     if not (model_dir / "spm.model").is_file():
@@ -129,6 +134,28 @@ def load_model_dir(model_dir: str | Path, precision: str = "trained"):
     if precision != "trained":
         model = with_precision(model, precision)
     return model, tokenizer, meta
+
+
+def load_ensemble_dir(ensemble_dir: str | Path, precision: str = "trained"):
+    """(Ensemble, tokenizer, meta) for an ensemble directory (see `nmt_kd.models.ensemble`);
+    each member is loaded and checked like a single model directory, under `precision`."""
+    from nmt_kd.models.ensemble import Ensemble, ensemble_meta, member_dirs
+
+    ensemble_dir = Path(ensemble_dir)
+    dirs = member_dirs(ensemble_dir)  # checks that every member shares the ensemble's spm.model
+    members = [load_model_dir(d, precision)[0] for d in dirs]
+    meta = ensemble_meta(ensemble_dir, members=members)
+    return Ensemble(members, dirs), Tokenizer(ensemble_dir / "spm.model"), meta
+
+
+def model_dir_bytes(model_dir: str | Path) -> int:
+    """The size on disk of a model directory's weights (an ensemble's: all its members')."""
+    model_dir = Path(model_dir)
+    if is_ensemble_dir(model_dir):
+        from nmt_kd.models.ensemble import member_dirs
+
+        return sum((d / "model.keras").stat().st_size for d in member_dirs(model_dir))
+    return (model_dir / "model.keras").stat().st_size
 
 
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
