@@ -1,7 +1,8 @@
 """Offline word-level KD: the teacher's top-k distribution per target position, stored once.
 
 Reads:  the training pairs as the student sees them (`EncodedPairs`), the teacher model.
-Writes: DIR/shard-NNNNN/{offsets,ids,logp}.npy and DIR/index.json (written last).
+Writes: DIR/shard-NNNNN/{offsets,ids,logp}.npy and DIR/index.json (written last; it records
+        the data, k, T and the teacher's weights the store was computed for).
 
 For every training example and every target position (pieces + eos), the teacher's k most
 likely tokens and their log-probabilities under the temperature-softened softmax,
@@ -34,6 +35,15 @@ def pairs_fingerprint(pairs: EncodedPairs) -> str:
         h.update(b"|")
         h.update(t.tobytes())
         h.update(b"\n")
+    return h.hexdigest()[:20]
+
+
+def teacher_fingerprint(teacher) -> str:
+    """A hash of the teacher's weights (an ensemble's: every member's, in order): a store is
+    only valid for the teacher that computed it."""
+    h = hashlib.sha256()
+    for w in teacher.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()[:20]
 
 
@@ -81,14 +91,15 @@ def compute_topk_store(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = pairs_fingerprint(pairs)
+    fingerprint, teacher_id = pairs_fingerprint(pairs), teacher_fingerprint(teacher)
     index = out_dir / "index.json"
     if index.is_file():
         meta = read_json(index)
-        if (meta["fingerprint"], meta["k"], meta["temperature"]) == (fingerprint, k, temperature):
+        if ((meta["fingerprint"], meta["k"], meta["temperature"], meta.get("teacher"))
+                == (fingerprint, k, temperature, teacher_id)):
             log(f"top-k: store {out_dir} is complete and current")
             return TopKStore(out_dir)
-        log(f"top-k: store {out_dir} was built for other data or settings; rebuilding")
+        log(f"top-k: store {out_dir} was built for other data, settings or teacher; rebuilding")
         shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
     if k > teacher.get_config()["vocab_size"]:
@@ -124,5 +135,6 @@ def compute_topk_store(
         os.replace(tmp, final)
         log(f"top-k: shard {s + 1}/{n_shards} ({end - start} examples) stored")
     write_json(index, {"k": k, "temperature": temperature, "fingerprint": fingerprint,
-                       "shard_size": shard_size, "count": n, "shards": n_shards})
+                       "teacher": teacher_id, "shard_size": shard_size, "count": n,
+                       "shards": n_shards})
     return TopKStore(out_dir)
