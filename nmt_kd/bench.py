@@ -191,6 +191,7 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
 
     from nmt_kd.dataset import BatchStream, encode_pairs
     from nmt_kd.losses import label_smoothed_ce
+    from nmt_kd.models.ensemble import is_ensemble_dir
     from nmt_kd.models.registry import load_model_dir
     from nmt_kd.tflite_translate import is_tflite_dir
     from nmt_kd.train import load_pairs, make_optimizer, make_train_step, train_section
@@ -199,8 +200,8 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
     src, tgt = load_pairs(run_dir, "train")
     entries, tokenizer_sha = [], None
     for d in model_dirs:
-        if is_tflite_dir(d):
-            continue  # an inference-only export
+        if is_tflite_dir(d) or is_ensemble_dir(d):
+            continue  # inference only: an export, or an ensemble of frozen models
         model, tok, meta = load_model_dir(d)
         arch = meta.get("model_type") or "teacher"
         sha = meta.get("tokenizer_sha256")

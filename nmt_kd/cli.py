@@ -214,6 +214,50 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from nmt_kd.models.ensemble import create_ensemble_dir, ensemble_meta
+
+    out = create_ensemble_dir(args.members, args.out)
+    meta = ensemble_meta(out)
+    params = f"{meta['params']:,}" if meta["params"] is not None else "unknown"
+    print(f"wrote {out / 'ensemble.json'}: {len(meta['members'])} members "
+          f"({', '.join(meta['member_types'])}), {params} parameters in all")
+    return 0
+
+
+def _add_ensemble_parser(sub) -> None:
+    p = sub.add_parser("ensemble", help="name several models as one teacher (an ensemble "
+                       "directory that translate, evaluate, distill and train --teacher accept)")
+    p.add_argument("--members", nargs="+", required=True, metavar="DIR",
+                   help="two or more model directories trained with the same spm.model")
+    p.add_argument("--out", required=True, help="the ensemble directory to write")
+    p.set_defaults(func=cmd_ensemble)
+
+
+def cmd_analyze(args) -> int:
+    from nmt_kd.analysis import analyze_model
+
+    analyze_model(args.model, args.src, args.ref, hyp=args.hyp, run_dir=args.run_dir, out=args.out,
+                  beam=args.beam, tgt_lang=args.tgt_lang, n_boot=args.bootstrap)
+    return 0
+
+
+def _add_analyze_parser(sub) -> None:
+    p = sub.add_parser("analyze", help="one model's sentence-level analysis: chrF per sentence, "
+                       "flags, BLEU by bucket with CIs, quality estimate (JSON + HTML)")
+    p.add_argument("--model", required=True, help="model directory (scores its output: QE)")
+    p.add_argument("--src", required=True, help="source file")
+    p.add_argument("--ref", required=True, help="reference file")
+    p.add_argument("--hyp", help="the model's output (default: translate --src greedily)")
+    p.add_argument("--beam", type=int, default=1, help="beam size when translating (default 1)")
+    p.add_argument("--run-dir", help="the run the model was trained in: its data/train.* and "
+                   "vocab/spm.model give made-up words, subword-frequency and unseen-word buckets")
+    p.add_argument("--tgt-lang", help="target language code (default: the run's, else de)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per bucket")
+    p.add_argument("--out", help="output directory (default: MODEL/analysis)")
+    p.set_defaults(func=cmd_analyze)
+
+
 def cmd_report(args) -> int:
     from nmt_kd.report import build_report
 
@@ -244,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="output sub-directory (default: the model name)")
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--teacher", help="teacher model directory for word-KD (default: RUN/teacher)")
+    p.add_argument("--teacher", help="teacher model or ensemble directory for word-KD "
+                   "(default: RUN/teacher)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("average", help="average a model's last K checkpoints into a new model directory")
@@ -258,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="sequence-level KD: the teacher beam-translates the training source")
     _add_config_args(p, required=True)
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
-    p.add_argument("--teacher", help="teacher model directory (default: RUN/teacher)")
+    p.add_argument("--teacher", help="teacher model or ensemble directory (default: RUN/teacher)")
     p.add_argument("--worker-index", type=int, default=None,
                    help="this worker's index (sharded runs; default: from TF_CONFIG, else 0)")
     p.add_argument("--num-workers", type=int, default=None,
@@ -269,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("translate", help="translate a file or stdin with a trained model")
     _add_config_args(p)
     p.add_argument("--model", required=True,
-                   help="model directory (e.g. runs/x/teacher) or a TFLite export directory")
+                   help="model directory (e.g. runs/x/teacher), ensemble directory or TFLite "
+                   "export directory")
     p.add_argument("--input", "-i", help="input file (default: stdin)")
     p.add_argument("--output", "-o", help="output file (default: stdout)")
     p.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy; default decode.beam)")
@@ -280,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="sacreBLEU/chrF/TER and decoding speed on a test set")
     _add_config_args(p)
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help="model or ensemble directory")
     p.add_argument("--src", required=True, help="source file")
     p.add_argument("--ref", required=True, help="reference file")
     p.add_argument("--beam", type=int, default=5)
@@ -331,11 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tflite: int8 weights (dynamic-range quantization) or float32")
     p.set_defaults(func=cmd_export)
 
+    _add_ensemble_parser(sub)
+
     p = sub.add_parser("report", help="rebuild RUN/report from the evaluation files (no decoding)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--title")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no test)")
     p.set_defaults(func=cmd_report)
+    _add_analyze_parser(sub)
     return parser
 
 

@@ -129,6 +129,14 @@ def _require_empty(out: Path) -> None:
         raise UserError(f"{out} already exists and is not empty; choose a new --out directory")
 
 
+def _refuse_ensemble(model_dir: Path) -> None:
+    from nmt_kd.models.ensemble import is_ensemble_dir
+
+    if is_ensemble_dir(model_dir):
+        raise UserError(f"{model_dir} is an ensemble; export serves one model: export a member, "
+                        "or distil the ensemble into a student and export that")
+
+
 def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
                       beam: int | None = None, log=print) -> Path:
     """Write `out` (a SavedModel directory) atomically: complete or absent."""
@@ -142,6 +150,7 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
         raise UserError(f"--beam must be at least 1, got {beam}")
     _require_empty(out)
     t0 = time.perf_counter()
+    _refuse_ensemble(model_dir)
     model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
     module = build_serving_module(model, tokenizer.model_bytes(), cfg, beam)
     with atomic_directory(out) as tmp:
@@ -233,6 +242,7 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
         raise UserError(f"--quantize must be int8 or none, got {quantize!r}")
     _require_empty(out)
     t0 = time.perf_counter()
+    _refuse_ensemble(model_dir)
     model, tokenizer, meta = load_model_dir(model_dir, "fp32")
     if meta.get("model_type") == "teacher" or type(model).__name__ == "TransformerTeacher":
         raise UserError("the TFLite export is for students (their decoding state has a fixed "
