@@ -236,12 +236,25 @@ class StudentSpec:
     arch: str = "student_rnn"  # student_rnn | student_cnn
     kd: str = "seq"  # none | word | seq | seq+word
     max_steps: int | None = None  # this student's student_train.max_steps (None: the section's)
+    # one model per seed, each in RUN/<name>.seed<k>/ and trained with student_train.seed=k;
+    # empty: one model in RUN/<name>/ with student_train.seed
+    seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _one_of("pipeline.students[].arch", self.arch, ("student_rnn", "student_cnn"))
         _one_of("pipeline.students[].kd", self.kd, ("none", "word", "seq", "seq+word"))
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"pipeline.students[].max_steps must be >= 1, got {self.max_steps}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"pipeline.students[].seeds of {self.name!r} repeats a seed: {list(self.seeds)}")
+        if ".seed" in self.name:
+            raise ConfigError(f"pipeline.students[].name {self.name!r}: '.seed' is reserved for seed directories")
+
+    def model_names(self) -> list[tuple[str, int | None]]:
+        """(model directory name, seed) of each model this student row trains."""
+        if not self.seeds:
+            return [(self.name, None)]
+        return [(f"{self.name}.seed{k}", k) for k in self.seeds]
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,16 @@ def evaluate_model(
     model_dir: str | Path, src: str | Path, ref: str | Path, beam: int = 5, batch_size: int = 64,
     decode_cfg: DecodeConfig | None = None, test_set: str | None = None,
     out_json: str | Path | None = None, speed_sentences: int = 0, translator: Translator | None = None,
-    log=print, scored: tuple[int, list[str]] | None = None,
+    log=print, scored: tuple[int, list[str]] | None = None, timed: bool = True,
+    split: str = "test",
 ) -> dict:
     """Translate `src`, score against `ref`, time a second pass; write metrics JSON if asked.
 
     `scored=(batch_size, hypotheses)`: score these (the same model and beam decoded at another
     batch size) instead of decoding the whole set again at `batch_size`; only the timed pass
     (`speed_sentences`) runs at this batch size. The JSON records `scored_batch_size`.
+    `timed=False` skips the second pass (for scores only, e.g. the valid split): the speed
+    fields then come from the first pass, traces included, and `timed_pass` says so.
     """
     model_dir = Path(model_dir)
     src_lines, ref_lines = read_input_lines(str(src)), read_input_lines(str(ref), clean=False)
@@ -88,8 +91,11 @@ def evaluate_model(
             raise ValueError(f"{len(hyps)} scored hypotheses for {len(src_lines)} source lines")
         truncated = translator.encode_sources(src_lines)[1]
         translator.translate(timed_src, beam=beam, batch_size=batch_size)  # warm-up: traces
-    timed = translator.translate(timed_src, beam=beam, batch_size=batch_size)
+    if not timed and scored is not None:
+        raise ValueError("timed=False scores a first pass; it cannot take `scored` hypotheses")
+    timing = translator.translate(timed_src, beam=beam, batch_size=batch_size) if timed else first
     metrics = {
+        "split": split,
         "model": str(model_dir),
         "model_type": meta.get("model_type", "unknown"),
         "kd": meta.get("kd", "none"),
@@ -103,10 +109,11 @@ def evaluate_model(
         "length_penalty": translator.cfg.length_penalty,
         **score(hyps, ref_lines),
         "scored_batch_size": int(scored_bs),
-        "sentences_per_second": round(len(timed_src) / timed.seconds, 2),
-        "tokens_per_second": round(sum(timed.token_counts) / timed.seconds, 1),
+        "sentences_per_second": round(len(timed_src) / timing.seconds, 2),
+        "tokens_per_second": round(sum(timing.token_counts) / timing.seconds, 1),
         "timed_sentences": len(timed_src),
-        "timed_seconds": round(timed.seconds, 3),
+        "timed_seconds": round(timing.seconds, 3),
+        "timed_pass": "second" if timed else "first (includes tracing)",
         "truncated_inputs": truncated,
         "machine": machine_info(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),

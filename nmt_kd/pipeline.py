@@ -64,12 +64,21 @@ def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
     return [run / "data" / f"{s}.{side}" for s in splits for side in ("src", "tgt")]
 
 
-def _student_config(cfg: Config, spec) -> Config:
-    """`cfg` with this student's own step budget, if it has one."""
-    if spec.max_steps is None:
+def _student_config(cfg: Config, spec, seed: int | None = None) -> Config:
+    """`cfg` with this student's own step budget and seed, where it has them."""
+    changes = {}
+    if spec.max_steps is not None:
+        changes["max_steps"] = spec.max_steps
+    if seed is not None:
+        changes["seed"] = seed
+    if not changes:
         return cfg
-    return dataclasses.replace(
-        cfg, student_train=dataclasses.replace(cfg.student_train, max_steps=spec.max_steps))
+    return dataclasses.replace(cfg, student_train=dataclasses.replace(cfg.student_train, **changes))
+
+
+def model_names(cfg: Config) -> list[str]:
+    """Every model directory the pipeline trains: the teacher, then each student (per seed)."""
+    return ["teacher"] + [n for spec in cfg.pipeline.students for n, _ in spec.model_names()]
 
 
 def _model_files(model_dir: Path) -> list[Path]:
@@ -116,26 +125,34 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
             inputs += [run / "distill" / "train.src", run / "distill" / "train.tgt"]
         if spec.kd in ("word", "seq+word"):
             inputs.append(teacher_model)
-        stages.append(Stage(
-            f"student {spec.name}", "students", run / spec.name,
-            {"spec": config_to_dict(spec), "model": c["model"][spec.arch],
-             "max_positions": c["model"]["max_positions"], "train": c["student_train"],
-             "distill": c["distill"] if spec.kd != "none" else None, "decode": c["decode"]},
-            inputs,
-            run=lambda spec=spec: train_model(_student_config(cfg, spec), run, spec.arch,
-                                              name=spec.name, kd=spec.kd, resume=True, log=log),
-            resumable=True, products=_model_files(run / spec.name)))
-    for name in ["teacher"] + [s.name for s in students]:
+        for name, seed in spec.model_names():
+            scfg = _student_config(cfg, spec, seed)
+            depends = {"spec": config_to_dict(spec), "model": c["model"][spec.arch],
+                       "max_positions": c["model"]["max_positions"], "train": c["student_train"],
+                       "distill": c["distill"] if spec.kd != "none" else None,
+                       "decode": c["decode"]}
+            if seed is not None:  # (absent without seeds: older run directories keep their hash)
+                depends["seed"] = seed
+            stages.append(Stage(
+                f"student {name}", "students", run / name, depends, inputs,
+                run=lambda scfg=scfg, spec=spec, name=name: train_model(
+                    scfg, run, spec.arch, name=name, kd=spec.kd, resume=True, log=log),
+                resumable=True, products=_model_files(run / name)))
+    names = model_names(cfg)
+    for name in names:
         stages.append(Stage(
             f"evaluate {name}", "evaluate", run / "eval" / name,
             {"eval": c["eval"], "decode": c["decode"], "test_set": c["data"]["test_set_name"]},
-            [run / name / "model.keras", run / name / "spm.model"] + _data_files(run, ("test",)),
+            [run / name / "model.keras", run / name / "spm.model"]
+            + _data_files(run, ("valid", "test")),
             run=lambda name=name: evaluate_all(cfg, run, name, log),
-            products=[run / "eval" / name / f"beam{b}.bs{n}.json"
-                      for b in cfg.eval.beams for n in cfg.eval.batch_sizes]))
+            products=[run / "eval" / name / f"{pre}beam{b}.bs{n}.json"
+                      for pre, sizes in (("", cfg.eval.batch_sizes),
+                                         ("valid.", (max(cfg.eval.batch_sizes),)))
+                      for b in cfg.eval.beams for n in sizes]))
     stages.append(Stage(
         "report", "report", run / "report", {"eval": c["eval"]},
-        [run / "eval" / name / "done.json" for name in ["teacher"] + [s.name for s in students]],
+        [run / "eval" / name / "done.json" for name in names],
         run=lambda: build_report(run, title=f"{cfg.pipeline.name}: teacher and students",
                                  bootstrap=cfg.eval.bootstrap_resamples, log=log)))
     return stages
@@ -164,6 +181,13 @@ def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) 
                 scored=scored if speed_n else None))
             if scored is None:
                 scored = (bs, read_lines(run / "eval" / name / f"beam{beam}.bs{bs}.hyp.txt"))
+        # the valid split, for choosing and for the report's valid columns: scored, not timed
+        bs = max(cfg.eval.batch_sizes)
+        rows.append(evaluate_model(
+            run / name, run / "data" / "valid.src", run / "data" / "valid.tgt", beam=beam,
+            batch_size=bs, test_set=f"{cfg.data.test_set_name or 'test'} (valid split)",
+            out_json=run / "eval" / name / f"valid.beam{beam}.bs{bs}.json",
+            translator=translator, log=log, timed=False, split="valid"))
     return rows
 
 

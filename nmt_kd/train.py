@@ -614,7 +614,7 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
     info = dict(meta or {}, model_type=arch, kd=kd, name=name, steps=step,
                 epochs=int(epoch_var.numpy()), train_seconds=round(elapsed(), 1),
                 stopped_because=stopped, final_weights=final_from, skipped_nan_updates=skipped_nan,
-                precision=tc.precision)
+                precision=tc.precision, seed=tc.seed)
     keras.mixed_precision.set_global_policy("float32")
     if role.is_chief:
         save_model_dir(model, out, tokenizer, info)

@@ -30,14 +30,18 @@ def test_pipeline_runs_skips_and_reruns_only_what_changed(pipeline_tree, tmp_pat
     ran = run_pipeline(config_from_dict(pipeline_tree), run, log=quiet)
     assert ran == ["prepare", "vocab", "teacher", "distill", "student rnn_seq", "student cnn_none",
                    "evaluate teacher", "evaluate rnn_seq", "evaluate cnn_none", "report"]
-    rows = json.loads((run / "report/metrics.json").read_text())["rows"]
+    evals = json.loads((run / "report/metrics.json").read_text())["evaluations"]
+    rows = [r for r in evals if r["split"] == "test"]
     assert len(rows) == 3 * 2 * 2
+    # the valid split: both beams at the largest batch size, scored for every model
+    assert sorted((r["name"], r["beam"]) for r in evals if r["split"] == "valid") == sorted(
+        (n, b) for n in ("teacher", "rnn_seq", "cnn_none") for b in (1, 2))
     assert {r["kd"] for r in rows} == {"none", "seq"}
     # batch 1 times a prefix and scores the batch-8 translations of the same beam
     bs1, bs8 = (json.loads((run / f"eval/rnn_seq/beam2.bs{b}.json").read_text()) for b in (1, 8))
     assert (bs1["scored_batch_size"], bs8["scored_batch_size"]) == (8, 8)
     assert bs1["bleu"] == bs8["bleu"] and bs1["timed_sentences"] == 5 < bs8["timed_sentences"]
-    assert "| rnn_seq | seq |" in (run / "report/report.md").read_text()
+    assert "| rnn_seq | student_rnn | seq |" in (run / "report/report.md").read_text()
     # nothing changed: everything is skipped
     logs = []
     assert run_pipeline(config_from_dict(pipeline_tree), run, log=logs.append) == []
@@ -88,3 +92,47 @@ def test_changed_teacher_config_restarts_training_instead_of_resuming(pipeline_t
     assert any("starting it over" in m for m in logs)
     assert json.loads((run / "teacher/model.json").read_text())["steps"] == 6
     shutil.rmtree(run)
+
+
+def test_student_seeds_make_one_stage_per_seed_with_its_own_seed(pipeline_tree, tmp_path):
+    from nmt_kd.errors import ConfigError
+    from nmt_kd.pipeline import build_stages, stage_hash
+
+    tree = copy.deepcopy(pipeline_tree)
+    tree["pipeline"]["students"] = [
+        {"name": "rnn_none", "arch": "student_rnn", "kd": "none", "seeds": [3, 7]},
+        {"name": "cnn_none", "arch": "student_cnn", "kd": "none"}]
+    cfg = config_from_dict(tree)
+    run = tmp_path / "run"
+    stages = {s.name: s for s in build_stages(cfg, run, quiet)}
+    students = [n for n in stages if n.startswith("student ")]
+    assert students == ["student rnn_none.seed3", "student rnn_none.seed7", "student cnn_none"]
+    assert [n for n in stages if n.startswith("evaluate ")] == [
+        "evaluate teacher", "evaluate rnn_none.seed3", "evaluate rnn_none.seed7", "evaluate cnn_none"]
+    a, b = stages["student rnn_none.seed3"], stages["student rnn_none.seed7"]
+    assert (a.out_dir.name, b.out_dir.name) == ("rnn_none.seed3", "rnn_none.seed7")
+    assert (a.config["seed"], b.config["seed"]) == (3, 7) and "seed" not in stages["student cnn_none"].config
+    for p in a.inputs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x\n")
+    assert stage_hash(a, run) != stage_hash(b, run)
+    with pytest.raises(ConfigError, match="repeats a seed"):
+        tree["pipeline"]["students"][0]["seeds"] = [1, 1]
+        config_from_dict(tree)
+
+
+def test_seeded_student_trains_with_its_seed(pipeline_tree, tmp_path, monkeypatch):
+    """The stage's run() hands train_model a config whose student_train.seed is the stage's."""
+    import nmt_kd.train
+    from nmt_kd.pipeline import build_stages
+
+    seen = {}
+    monkeypatch.setattr(nmt_kd.train, "train_model",
+                        lambda cfg, run, arch, name, **kw: seen.setdefault(name, cfg.student_train.seed))
+    tree = copy.deepcopy(pipeline_tree)
+    tree["pipeline"]["students"] = [{"name": "rnn_none", "arch": "student_rnn", "kd": "none",
+                                     "seeds": [3, 7], "max_steps": 2}]
+    for s in build_stages(config_from_dict(tree), tmp_path / "run", quiet):
+        if s.group == "students":
+            s.run()
+    assert seen == {"rnn_none.seed3": 3, "rnn_none.seed7": 7}

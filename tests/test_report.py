@@ -9,32 +9,39 @@ from nmt_kd.fileio import write_json, write_lines
 from nmt_kd.report import build_report, summarize
 
 
-def fake_run(tmp_path):
-    """A run directory with test data and evaluation files, as the evaluate stage writes them."""
+def fake_run(tmp_path, seeds=(1, 2)):
+    """A run directory with test data and evaluation files, as the evaluate stage writes them:
+    a teacher and two students over `seeds`, greedy (beam 1) and beam 4 with different outputs
+    (the beam drops fewer words), test at batch 1 and 8 and valid at batch 8."""
+    from nmt_kd.evaluate import score
+
     run = tmp_path / "run"
     pairs = toy_pairs(60, seed=3, max_words=25)
+    refs = [t for _, t in pairs]
     write_lines(run / "data/test.src", [s for s, _ in pairs])
-    write_lines(run / "data/test.tgt", [t for _, t in pairs])
+    write_lines(run / "data/test.tgt", refs)
     rng = random.Random(0)
 
-    def noisy(t, p):  # a system that drops words with probability p
-        return " ".join(w for w in t.split() if rng.random() > p)
+    def noisy(p):  # a system that drops words with probability p
+        return [" ".join(w for w in t.split() if rng.random() > p) for t in refs]
 
-    systems = {"teacher": ("teacher", "none", 0.05, 10.0), "rnn_seq": ("student_rnn", "seq", 0.15, 60.0),
-               "rnn_none": ("student_rnn", "none", 0.4, 60.0)}
+    systems = {"teacher": ("teacher", "none", 0.05, 10.0)}
+    for k in seeds:
+        systems[f"rnn_seq.seed{k}"] = ("student_rnn", "seq", 0.15, 60.0)
+        systems[f"rnn_none.seed{k}"] = ("student_rnn", "none", 0.4, 60.0)
     for name, (mtype, kd, p, speed) in systems.items():
-        hyps = [noisy(t, p) for _, t in pairs]
         for beam in (1, 4):
-            for bs in (1, 8):
-                from nmt_kd.evaluate import score
-
-                row = {"model": f"{run}/{name}", "model_type": mtype, "kd": kd, "params": 1000,
-                       "size_bytes": 2**20, "test_set": "toy/test", "n_sentences": 60, "beam": beam,
-                       "batch_size": bs, **score(hyps, [t for _, t in pairs]),
-                       "sentences_per_second": speed * bs / beam, "tokens_per_second": speed * 10,
-                       "machine": {"cpu": "test cpu"}}
-                write_json(run / f"eval/{name}/beam{beam}.bs{bs}.json", row)
-                write_lines(run / f"eval/{name}/beam{beam}.bs{bs}.hyp.txt", hyps)
+            hyps = noisy(p if beam == 1 else p / 2)
+            for split, sizes in (("test", (1, 8)), ("valid", (8,))):
+                for bs in sizes:
+                    row = {"model": f"{run}/{name}", "model_type": mtype, "kd": kd, "params": 1000,
+                           "size_bytes": 2**20, "test_set": "toy/test", "n_sentences": 60, "beam": beam,
+                           "batch_size": bs, **score(hyps, refs), "split": split,
+                           "sentences_per_second": speed * bs / beam, "tokens_per_second": speed * 10,
+                           "machine": {"cpu": "test cpu"}}
+                    stem = f"eval/{name}/{'valid.' if split == 'valid' else ''}beam{beam}.bs{bs}"
+                    write_json(run / f"{stem}.json", row)
+                    write_lines(run / f"{stem}.hyp.txt", hyps)
         write_json(run / f"{name}/train_history.json",
                    {"evals": [{"step": 10, "valid_loss": 3.0, "train_loss": 3.5, "valid_bleu": 5.0},
                               {"step": 20, "valid_loss": 2.0, "train_loss": 2.5, "valid_bleu": 9.0}],
@@ -42,37 +49,78 @@ def fake_run(tmp_path):
     return run
 
 
-def test_report_tables_ratios_significance_and_self_contained_html(tmp_path):
+def test_report_rows_over_seeds_ratios_holm_and_self_contained_html(tmp_path):
+    from nmt_kd.report import holm
+
     run = fake_run(tmp_path)
-    build_report(run, title="toy", bootstrap=100, log=lambda _m: None)
+    build_report(run, title="toy", bootstrap=1000, log=lambda _m: None)
     metrics = json.loads((run / "report/metrics.json").read_text())
-    summary = {s["name"]: s for s in metrics["summary"]}
-    assert set(summary) == {"teacher", "rnn_seq", "rnn_none"}
-    t, s = summary["teacher"], summary["rnn_seq"]
-    # speed-up: student greedy sent/s over teacher beam-4 sent/s at the same batch size
-    assert s["speedup_bs8"] == pytest.approx((60.0 * 8 / 1) / (10.0 * 8 / 4), rel=1e-6)
-    assert s["speedup_bs1"] == pytest.approx(60.0 / (10.0 / 4), rel=1e-6)
-    assert s["bleu_retained_pct"] == pytest.approx(100 * s["bleu_greedy"] / t["bleu_beam"], abs=0.06)
-    assert summary["rnn_none"]["bleu_greedy"] < s["bleu_greedy"] < t["bleu_greedy"]
-    sig = {(x["system"], x["against"]): x for x in metrics["significance"]}
-    assert set(sig) == {("rnn_seq", "teacher"), ("rnn_seq", "rnn_none"), ("rnn_none", "teacher")}
-    assert sig[("rnn_seq", "rnn_none")]["p_value"] < 0.05  # 15% vs 40% dropped words
-    assert "bs:100" in sig[("rnn_seq", "teacher")]["signature"]
+    rows = {r["name"]: r for r in metrics["rows"]}
+    assert list(rows) == ["teacher", "rnn_none", "rnn_seq"]
+    t, s = rows["teacher"], rows["rnn_seq"]
+    assert s["seeds"] == [1, 2] and s["models"] == ["rnn_seq.seed1", "rnn_seq.seed2"]
+    assert (s["arch"], s["kd"], s["params"]) == ("student_rnn", "seq", 1000)
+    models = {m["name"]: m for m in metrics["models"]}
+    for key, src in (("bleu_greedy_test", "bleu_greedy"), ("bleu_beam_test", "bleu_beam"),
+                     ("bleu_greedy_valid", "bleu_greedy_valid")):
+        assert s[key] == [models[f"rnn_seq.seed{k}"][src] for k in (1, 2)]
+    mean = sum(s["bleu_greedy_test"]) / 2
+    assert s["mean"]["bleu_greedy_test"] == pytest.approx(mean, abs=0.006) == s["bleu_greedy"]
+    sd = (sum((x - mean) ** 2 for x in s["bleu_greedy_test"]) / 1) ** 0.5  # sample std, n - 1 = 1
+    assert s["std"]["bleu_greedy_test"] == pytest.approx(sd, abs=0.006)
+    # greedy and beam hypotheses differ and land in their own columns
+    assert s["bleu_beam_test"] != s["bleu_greedy_test"]
+    for k in (1, 2):
+        ev = json.loads((run / f"eval/rnn_seq.seed{k}/beam4.bs8.json").read_text())
+        assert models[f"rnn_seq.seed{k}"]["bleu_beam"] == ev["bleu"]
+    # three labelled ratios: greedy/greedy, beam/beam, greedy/teacher beam, at each batch size
+    m1 = models["rnn_seq.seed1"]
+    assert m1["speedup_greedy_bs8"] == pytest.approx(60.0 / 10.0, rel=1e-6)
+    assert m1["speedup_beam_bs8"] == pytest.approx((60.0 / 4) / (10.0 / 4), rel=1e-6)
+    assert m1["speedup_bs8"] == pytest.approx((60.0 * 8) / (10.0 * 8 / 4), rel=1e-6)
+    assert m1["bleu_retained_pct"] == pytest.approx(100 * m1["bleu_greedy"] / t["bleu_beam"], abs=0.06)
+    assert rows["rnn_none"]["bleu_greedy"] < s["bleu_greedy"] < t["bleu_greedy"]
+    # KD vs no KD per seed pair (greedy and beam), every student model vs the teacher's beam
+    sig = {(x["system"], x["against"], x["decoding"]): x for x in metrics["significance"]}
+    kd_pairs = {(f"rnn_seq.seed{k}", f"rnn_none.seed{k}", d) for k in (1, 2) for d in ("greedy", "beam 4")}
+    vs_teacher = {(m, "teacher", "greedy vs teacher beam 4") for m in models if m != "teacher"}
+    assert set(sig) == kd_pairs | vs_teacher
+    ps = [x["p_value"] for x in metrics["significance"]]
+    assert all(x["p_holm"] >= x["p_value"] for x in metrics["significance"])
+    assert [x["p_holm"] for x in metrics["significance"]] == pytest.approx(holm(ps), abs=1e-4)
+    assert sig[("rnn_seq.seed1", "rnn_none.seed1", "greedy")]["significant"]  # 15% vs 40% dropped
+    assert s["p_kd_vs_none"] == max(sig[(f"rnn_seq.seed{k}", f"rnn_none.seed{k}", "greedy")]["p_holm"]
+                                    for k in (1, 2))
+    assert "bs:1000" in metrics["significance"][0]["signature"]
+    assert metrics["headline"].startswith("The distilled rnn_seq student") and "p = " in metrics["headline"]
     md = (run / "report/report.md").read_text()
-    assert "| rnn_seq | seq |" in md and "nrefs:1" in md and "## Examples" in md
+    assert "| rnn_seq | student_rnn | seq |" in md and "nrefs:1" in md and "## Examples" in md
+    assert "greedy vs teacher greedy bs8" in md and "beam 4 vs teacher beam 4 bs8" in md
+    assert "| rnn_seq.seed2 | rnn_seq | 2 |" in md and " ± " in md
     for png in ("bleu_vs_speed.png", "training_curves.png", "bleu_by_length.png"):
         assert (run / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (run / "report/report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
-    assert len(metrics["bleu_by_length"]["teacher"]) == 4
+    assert set(metrics["bleu_by_length"]) == {"buckets", "teacher", "rnn_none.seed1", "rnn_seq.seed1"}
+
+
+def test_holm_adjusts_step_down():
+    from nmt_kd.report import holm
+
+    # sorted p: 0.01 (x3), 0.02 (x2) -> 0.04, 0.04 (running max), 0.04 (x1) ...
+    assert holm([0.02, 0.01, 0.04, 0.5]) == pytest.approx([0.06, 0.04, 0.08, 0.5])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])  # monotone: never below an earlier one
+    assert holm([]) == []
 
 
 def test_summary_without_teacher_rows_has_no_ratios(tmp_path):
-    run = fake_run(tmp_path)
+    run = fake_run(tmp_path, seeds=(1,))
     from nmt_kd.report import load_rows
 
     rows = [r for r in load_rows(run) if r["name"] != "teacher"]
-    assert all("speedup_bs8" not in s and s.get("bleu_retained_pct") is None for s in summarize(rows))
+    lines = summarize(rows)
+    assert lines and all(not any(k.startswith("speedup") for k in s) for s in lines)
+    assert all(s.get("bleu_retained_pct") is None for s in lines)
 
 
 PROBE = """<script>
@@ -115,7 +163,7 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
 
     run = fake_run(tmp_path)
     build_report(run, title="toy", bootstrap=0, log=lambda _m: None)
-    models = json.loads((run / "report/metrics.json").read_text())["summary"]
+    models = json.loads((run / "report/metrics.json").read_text())["rows"]
     page = (run / "report/report.html").read_text()
     probe = tmp_path / "probe.html"  # the report plus a script that reports what rendered
     probe.write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")
@@ -128,7 +176,7 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
     result = json.loads(html.unescape(found.group(1)))
     assert len(result["imgs"]) == 3
     assert all(ok and w > 100 and h > 100 for ok, w, h in result["imgs"]), result["imgs"]
-    assert result["rows"] == len(models) == 3
+    assert result["rows"] == len(models) == 3  # the quality table: one line per row
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, "--window-size=1200,2000", f"--screenshot={shot}",
                     (run / "report/report.html").as_uri()], capture_output=True, timeout=120)

@@ -312,7 +312,8 @@ class RunChecker:
 
     def _report(self, run: Path, problems: list[str]) -> None:
         out = run / "report"
-        rows = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["rows"]
+        rows = [r for r in json.loads((out / "metrics.json").read_text(encoding="utf-8"))["evaluations"]
+                if r["split"] == "test"]
         want = {(n, b, s) for n in MODELS for b in self.beams for s in self.batch_sizes}
         got = {(r["name"], r["beam"], r["batch_size"]) for r in rows}
         if got != want or len(rows) != len(want):
