@@ -131,12 +131,14 @@ LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor,
 def load_kd_teacher(run_dir: str | Path, teacher_dir: str | Path):
     """The frozen teacher for word-level KD, checked before any training starts."""
     from nmt_kd.fileio import sha256_file
+    from nmt_kd.models.ensemble import is_ensemble_dir
     from nmt_kd.models.registry import load_model_dir
 
-    teacher_dir = Path(teacher_dir)
-    if not (teacher_dir / "model.keras").is_file():
+    teacher_dir = Path(teacher_dir)  # a model directory or an ensemble directory
+    if not ((teacher_dir / "model.keras").is_file() or is_ensemble_dir(teacher_dir)):
         raise UserError(f"word-level KD needs a trained teacher, but {teacher_dir} holds no "
-                        "model.keras; train the teacher first or pass --teacher DIR")
+                        "model.keras (nor ensemble.json); train the teacher first or pass "
+                        "--teacher DIR")
     teacher, _, _ = load_model_dir(teacher_dir)
     run_spm = Path(run_dir) / "vocab" / "spm.model"
     if sha256_file(teacher_dir / "spm.model") != sha256_file(run_spm):
