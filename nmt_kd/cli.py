@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-# TensorFlow's C++ start-up chatter is noise for a command-line user.
+# TensorFlow's C++ start-up chatter is noise for a command-line user (shown with -v).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from nmt_kd import __version__  # noqa: E402
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil a Transformer translation teacher into small, fast students.",
     )
     parser.add_argument("--version", action="version", version=f"nmt-kd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's own start-up and C++ log lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="clean and split a corpus; train the joint SentencePiece model")
@@ -396,12 +398,43 @@ _FULL = {
 }
 
 
+def start_tensorflow(verbose: bool = False) -> None:
+    """Import TensorFlow and let it probe for devices with file descriptor 2 held in a
+    temporary file: its start-up lines ("oneDNN custom operations are on", "Could not find
+    cuda drivers", "failed call to cuInit") are written by C++ before any Python setting can
+    silence them. They are replayed when `verbose` is set or when the start-up fails."""
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if verbose or not ok:
+                held.seek(0)
+                sys.stderr.write(held.read().decode("utf-8", "replace"))
+                sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    start_tensorflow(getattr(args, "verbose", False))
     try:
         return int(args.func(args) or 0)
     except UserError as e:

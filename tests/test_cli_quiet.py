@@ -1,0 +1,25 @@
+"""TensorFlow's C++ start-up lines stay off a user's terminal unless asked for with -v."""
+
+import os
+import subprocess
+import sys
+
+STARTUP = ("oneDNN custom operations", "Could not find cuda drivers", "failed call to cuInit",
+           "absl::InitializeLog")
+
+
+def _nmt_kd(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", "nmt_kd.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_commands_print_only_their_own_lines_and_v_shows_tensorflows(tmp_path):
+    quiet = _nmt_kd("translate", "--model", str(tmp_path / "missing"))
+    assert quiet.returncode == 2
+    assert quiet.stderr.strip().splitlines() == [
+        f"nmt-kd: error: {tmp_path / 'missing'}: no model.keras in this model directory"]
+    loud = _nmt_kd("-v", "translate", "--model", str(tmp_path / "missing"))
+    assert loud.returncode == 2 and "oneDNN custom operations" in loud.stderr
+    assert loud.stderr.rstrip().endswith("no model.keras in this model directory")
+    assert not any(s in quiet.stderr for s in STARTUP)
