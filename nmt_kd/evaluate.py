@@ -52,7 +52,10 @@ def machine_info() -> dict:
 
 
 def model_size_bytes(model_dir: Path) -> int:
-    return (model_dir / "model.keras").stat().st_size
+    """model.keras's size (an ensemble directory: the sum of its members')."""
+    from nmt_kd.models.registry import model_dir_bytes
+
+    return model_dir_bytes(model_dir)
 
 
 def evaluate_model(

@@ -138,6 +138,19 @@ def test_cli_builds_translates_and_evaluates_an_ensemble(members, tmp_path):
                                   for n in ("member_a", "member_b"))
 
 
+def test_evaluate_with_a_given_translator_reads_the_ensemble_metadata(members):
+    from nmt_kd.evaluate import evaluate_model
+
+    run, _ = members
+    ens, tok, _ = load_model_dir(run / "ensemble")
+    tr = Translator(ens, tok, DecodeConfig(max_len_cap=32))
+    m = evaluate_model(run / "ensemble", run / "data/test.src", run / "data/test.tgt", beam=1,
+                       batch_size=16, translator=tr, speed_sentences=4, log=quiet)
+    assert m["model_type"] == "ensemble" and m["params"] == ens.count_params()
+    assert m["size_bytes"] == sum((run / n / "model.keras").stat().st_size
+                                  for n in ("member_a", "member_b"))
+
+
 def test_members_with_different_sentencepiece_models_are_refused(members, tmp_path, capsys):
     from conftest import toy_pairs, write_pair_files
 
