@@ -228,6 +228,9 @@ class EvalConfig:
     batch_sizes: tuple[int, ...] = (1, 64)
     speed_sentences: int = 200  # sentences timed for speed at each batch size
     bootstrap_resamples: int = 1000
+    # source files without references (blind test sets): the evaluate stage translates each
+    # with every beam of `beams` into RUN/eval/<model>/blind/<file stem>.beam<B>.txt
+    blind_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

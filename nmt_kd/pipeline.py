@@ -144,7 +144,7 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
             f"evaluate {name}", "evaluate", run / "eval" / name,
             {"eval": c["eval"], "decode": c["decode"], "test_set": c["data"]["test_set_name"]},
             [run / name / "model.keras", run / name / "spm.model"]
-            + _data_files(run, ("valid", "test")),
+            + _data_files(run, ("valid", "test")) + [Path(expand_path(p)) for p in cfg.eval.blind_sources],
             run=lambda name=name: evaluate_all(cfg, run, name, log),
             products=[run / "eval" / name / f"{pre}beam{b}.bs{n}.json"
                       for pre, sizes in (("", cfg.eval.batch_sizes),
@@ -188,7 +188,26 @@ def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) 
             batch_size=bs, test_set=f"{cfg.data.test_set_name or 'test'} (valid split)",
             out_json=run / "eval" / name / f"valid.beam{beam}.bs{bs}.json",
             translator=translator, log=log, timed=False, split="valid"))
+        translate_blind(cfg, run / "eval" / name / "blind", translator, beam, log)
     return rows
+
+
+def translate_blind(cfg: Config, out: Path, translator, beam: int,
+                    log: Callable[[str], None]) -> list[Path]:
+    """Translate each of `eval.blind_sources` (no references: nothing is scored) with `beam`
+    into OUT/<file stem>.beam<B>.txt, one line per source line, each file written atomically."""
+    from nmt_kd.fileio import write_lines
+    from nmt_kd.translate import read_input_lines
+
+    written = []
+    for src in cfg.eval.blind_sources:
+        lines = read_input_lines(str(expand_path(src)))
+        hyps = translator.translate(lines, beam=beam, batch_size=max(cfg.eval.batch_sizes)).hypotheses
+        path = out / f"{Path(src).stem}.beam{beam}.txt"
+        write_lines(path, hyps)
+        log(f"blind: {len(hyps)} lines of {src} -> {path}")
+        written.append(path)
+    return written
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,

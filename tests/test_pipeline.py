@@ -136,3 +136,39 @@ def test_seeded_student_trains_with_its_seed(pipeline_tree, tmp_path, monkeypatc
         if s.group == "students":
             s.run()
     assert seen == {"rnn_none.seed3": 3, "rnn_none.seed7": 7}
+
+
+def test_blind_sources_are_translated_line_for_line_and_collected(tmp_path):
+    """translate_blind writes one line per source line for each beam; collect_blind names the
+    copies <set>/<row>.seed<k>.beam<B>.txt and refuses a file with a line missing."""
+    import subprocess
+    import sys
+
+    from nmt_kd.pipeline import translate_blind
+
+    class Echo:  # a translator that upper-cases, so each line's origin is visible
+        def translate(self, lines, beam, batch_size):
+            from types import SimpleNamespace
+            return SimpleNamespace(hypotheses=[s and f"{s.upper()} b{beam}" for s in lines])
+
+    src = tmp_path / "blind" / "test_2017_flickr.en"
+    src.parent.mkdir()
+    src.write_text("a dog\n\nthe cat sits\n", encoding="utf-8")
+    cfg = config_from_dict({"eval": {"blind_sources": [str(src)], "batch_sizes": [1, 8]}})
+    run = tmp_path / "run"
+    for name in ("teacher", "rnn_seq.seed2"):
+        for beam in (1, 5):
+            (path,) = translate_blind(cfg, run / "eval" / name / "blind", Echo(), beam, quiet)
+            assert path.read_text(encoding="utf-8") == f"A DOG b{beam}\n\nTHE CAT SITS b{beam}\n"
+    (run / "teacher").mkdir()
+    (run / "teacher" / "model.json").write_text('{"seed": 4}')
+    out = tmp_path / "docs"
+    cmd = [sys.executable, "scripts/collect_blind.py", "--run-dir", str(run), "--out", str(out),
+           "--sources", str(src)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt")) == [
+        f"test_2017_flickr/{row}.beam{b}.txt" for row in ("rnn_seq.seed2", "teacher.seed4")
+        for b in (1, 5)]
+    (run / "eval/teacher/blind/test_2017_flickr.beam5.txt").write_text("A DOG\n", encoding="utf-8")
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode != 0 and "1 lines for 3 source lines" in bad.stderr
