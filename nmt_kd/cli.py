@@ -10,6 +10,7 @@ import argparse
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 
 # TensorFlow's C++ start-up chatter is noise for a command-line user (shown with -v).
@@ -64,8 +65,16 @@ def cmd_pipeline(args) -> int:
     from nmt_kd.pipeline import run_pipeline
 
     cfg = _load(args)
-    run_pipeline(cfg, _run_dir(args, cfg), until=args.until, force=tuple(args.force),
-                 adopt=args.adopt)
+    run = _run_dir(args, cfg)
+    t0 = time.time()
+    run_pipeline(cfg, run, until=args.until, force=tuple(args.force), adopt=args.adopt)
+    metrics = run / "report" / "metrics.json"
+    if metrics.is_file() and (args.until in (None, "report")):
+        from nmt_kd.fileio import read_json
+        from nmt_kd.report import terminal_summary
+
+        print(terminal_summary(read_json(metrics), run / "report" / "report.html",
+                               time.time() - t0))
     return 0
 
 

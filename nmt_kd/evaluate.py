@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def evaluate_model(
         size_bytes = model_size_bytes(model_dir)
     timed_src = src_lines[:speed_sentences] if speed_sentences else src_lines
     if scored is None:
-        first = translator.translate(src_lines, beam=beam, batch_size=batch_size)
+        first = translator.translate(src_lines, beam=beam, batch_size=batch_size,
+                                     progress=sys.stderr.isatty())  # a bar with ETA on a terminal
         hyps, truncated, scored_bs = first.hypotheses, first.truncated, batch_size
     else:
         scored_bs, hyps = scored

@@ -482,6 +482,33 @@ def _examples(run: Path, rows: list[dict], names: list[str], n: int = 4) -> list
     return [{"source": src[i], "reference": refs[i], **{k: v[i] for k, v in systems.items()}} for i in picks]
 
 
+def terminal_summary(metrics: dict, html_path: Path, seconds: float | None = None) -> str:
+    """The end of `nmt-kd pipeline` on a terminal: the headline, one line per row (BLEU greedy
+    and beam on test, mean over seeds, and speed at the largest batch size), the report's path."""
+    rows = metrics.get("rows", [])
+    beam = rows[0]["beam"] if rows else 0
+    batch = max((int(k.split("bs")[-1]) for r in rows for k in r.get("mean", {})
+                 if k.startswith("greedy_sent_s_bs")), default=None)
+    head = f"{'row':<18} {'kd':<9} {'seeds':>5} {'BLEU greedy':>11} {f'BLEU beam {beam}':>11}"
+    if batch:
+        head += f" {f'greedy sent/s bs{batch}':>20} {f'vs teacher beam {beam}':>18}"
+    lines = ["", head, "-" * len(head)]
+    for r in rows:
+        mean = r.get("mean", {})
+        line = (f"{r['name']:<18} {r['kd']:<9} {len(r['seeds']):>5} {_fmt(r.get('bleu_greedy')):>11} "
+                f"{_fmt(r.get('bleu_beam')):>11}")
+        if batch:
+            ratio = mean.get(f"speedup_bs{batch}")
+            line += (f" {_fmt(mean.get(f'greedy_sent_s_bs{batch}'), 1):>20} "
+                     f"{(_fmt(ratio) + 'x') if ratio else '-':>18}")
+        lines.append(line)
+    if metrics.get("headline"):
+        lines += ["", metrics["headline"]]
+    took = f" (pipeline {seconds / 60:.1f} min)" if seconds is not None else ""
+    lines += ["", f"report: {html_path}{took}"]
+    return "\n".join(lines)
+
+
 SECTIONS = (("Quality", _quality_table), ("Speed", _speed_table), ("Every seed", _seed_table))
 
 

@@ -182,3 +182,19 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
                     (run / "report/report.html").as_uri()], capture_output=True, timeout=120)
     pixels = mpimg.imread(shot)
     assert pixels.shape[:2] == (2000, 1200) and pixels.std() > 0.05  # text and plots, not blank
+
+
+def test_terminal_summary_lists_every_row_the_headline_and_the_report_path(tmp_path):
+    from nmt_kd.report import terminal_summary
+
+    run = fake_run(tmp_path, seeds=(1,))
+    build_report(run, title="toy", bootstrap=200, log=lambda _m: None)
+    metrics = json.loads((run / "report/metrics.json").read_text())
+    text = terminal_summary(metrics, run / "report/report.html", 90.0)
+    rows = {r["name"]: r for r in metrics["rows"]}
+    for name in ("teacher", "rnn_none", "rnn_seq"):
+        line = next(x for x in text.splitlines() if x.startswith(name + " "))
+        assert f"{rows[name]['bleu_greedy']:.2f}" in line and f"{rows[name]['bleu_beam']:.2f}" in line
+    assert f"{rows['rnn_seq']['mean']['speedup_bs8']:.2f}x" in text
+    assert metrics["headline"] in text
+    assert text.rstrip().endswith(f"report: {run / 'report/report.html'} (pipeline 1.5 min)")
