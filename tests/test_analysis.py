@@ -84,8 +84,10 @@ def test_bleu_from_stats_is_sacrebleu_corpus_bleu():
     refs = [t for _, t in pairs]
     hyps = [" ".join(w for w in t.split() if rng.random() > 0.3) for t in refs]
     hyps[3] = ""
+    refs.append("Der Hund sitzt auf dem Haus")  # no 3- or 4-gram matches: smoothing twice
+    hyps.append("Der Hund rennt auf dem Ball")
     stats = analysis.bleu_stats(hyps, refs)
-    for subset in ([0], [3], [1, 2], list(range(0, 80, 7)), list(range(80))):
+    for subset in ([0], [3], [80], [1, 2, 80], list(range(0, 80, 7)), list(range(81))):
         want = BLEU().corpus_score([hyps[i] for i in subset], [[refs[i] for i in subset]]).score
         got = analysis.bleu_from_stats(stats[subset].sum(axis=0))[0]
         assert got == pytest.approx(want, abs=1e-9), subset
