@@ -524,10 +524,14 @@ def build_report(run_dir: str | Path, title: str = "nmt-kd report", bootstrap: i
     buckets = length_buckets(run, rows, shown)
     plots = _plots(run, groups, buckets, out)
     examples = _examples(run, rows, shown)
+    from nmt_kd.analysis import analyze_run  # one-way: analysis imports report, not back
+
+    analysis_md, analysis_html, analysis = analyze_run(run, rows, bootstrap or 1000, log)
     answer = headline(groups, sig)
     write_json(out / "metrics.json", {
         "headline": answer, "rows": groups, "models": summary, "significance": sig,
-        "evaluations": rows, "bleu_by_length": {"buckets": [list(b) for b in LENGTH_BUCKETS], **buckets}})
+        "evaluations": rows, "bleu_by_length": {"buckets": [list(b) for b in LENGTH_BUCKETS], **buckets},
+        "analysis": analysis})
     test_rows = [r for r in rows if r["split"] == "test"]
     signature, test_set = test_rows[0]["bleu_signature"], test_rows[0]["test_set"]
     intro = (f"Test set: `{test_set}` ({test_rows[0]['n_sentences']} sentences); valid columns are "
@@ -546,10 +550,12 @@ def build_report(run_dir: str | Path, title: str = "nmt-kd report", bootstrap: i
     md += ["", "## Examples", ""]
     for ex in examples:
         md += [f"- **{k}**: {v}" for k, v in ex.items()] + [""]
+    md += ["", *analysis_md]
     with atomic_open(out / "report.md") as f:
         f.write("\n".join(md) + "\n")
     with atomic_open(out / "report.html") as f:
-        f.write(_html_page(title, answer, intro, tables, plots, examples))
+        page = _html_page(title, answer, intro, tables, plots, examples)
+        f.write(page.replace("</body>", analysis_html + "</body>", 1))
     log(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return out / "report.md"
 
