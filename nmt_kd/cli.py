@@ -212,7 +212,15 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export(args) -> int:
-    if args.format == "savedmodel":
+    if args.format == "bundle":
+        from nmt_kd.bundle import pack
+
+        digest = pack(args.model, args.out)
+        size = Path(args.out).stat().st_size
+        print(f"bundle: {args.out} ({size / 2**20:.1f} MB, float16 weights)\n"
+              f"sha256: {digest}\n"
+              f"start a pipeline from it with: --set train.init={args.out} --set train.init_sha256={digest}")
+    elif args.format == "savedmodel":
         from nmt_kd.export import export_savedmodel
 
         export_savedmodel(args.model, args.out, _decode_config(args), beam=args.beam)
@@ -380,8 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model for serving (text in, text out)")
     _add_config_args(p)
     p.add_argument("--model", required=True, help="model directory (e.g. runs/x/student_rnn)")
-    p.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel")
-    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--format", choices=["savedmodel", "tflite", "bundle"], default="savedmodel",
+                   help="bundle: the model directory as one file (float16 weights) that a "
+                        "pipeline can start from (train.init)")
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty); "
+                   "for --format bundle, the bundle file")
     p.add_argument("--beam", type=int, default=None,
                    help="savedmodel: beam size baked into the graph (1 = greedy; default decode.beam)")
     p.add_argument("--quantize", choices=["none", "int8"], default="int8",

@@ -162,6 +162,11 @@ class TrainConfig:
     average_last: int = 0  # average the last K checkpoints into the final model; 0: off
     on_nan: str = "stop"  # stop | skip
     strategy: str = "default"  # default | mirrored | multi_worker | tpu (nmt_kd.distributed)
+    # pipeline teacher stage only: start from this model bundle (`nmt-kd export --format
+    # bundle`) instead of training; its sha256 must equal init_sha256. The run then uses the
+    # bundle's SentencePiece model instead of training one.
+    init: str | None = None
+    init_sha256: str | None = None
 
     def __post_init__(self) -> None:
         _one_of("train.precision", self.precision, ("fp32", "bf16", "fp16"))

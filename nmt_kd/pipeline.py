@@ -112,6 +112,10 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
               run=lambda: train_model(cfg, run, "teacher", resume=True, log=log), resumable=True,
               products=_model_files(run / "teacher")),
     ]
+    if cfg.student_train.init:
+        raise UserError("student_train.init: only the teacher stage starts from a bundle (train.init)")
+    if cfg.train.init:
+        _start_from_bundle(cfg, run, stages, log)
     students = cfg.pipeline.students
     if any(s.kd.startswith("seq") for s in students):
         stages.append(Stage(
@@ -156,6 +160,35 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
         run=lambda: build_report(run, title=f"{cfg.pipeline.name}: teacher and students",
                                  bootstrap=cfg.eval.bootstrap_resamples, log=log)))
     return stages
+
+
+def _start_from_bundle(cfg: Config, run: Path, stages: list[Stage], log: Callable[[str], None]) -> None:
+    """`train.init`: the vocab stage takes the bundle's SentencePiece model and the teacher
+    stage unpacks the bundle (its hash checked) instead of training."""
+    from nmt_kd import bundle as bundles
+    from nmt_kd.train import train_data_sha256
+
+    path = Path(expand_path(cfg.train.init))
+    depends = {"init": cfg.train.init, "init_sha256": cfg.train.init_sha256}
+
+    def vocab() -> None:
+        bundles.check_hash(path, cfg.train.init_sha256)
+        bundles.extract_tokenizer(path, run / "vocab" / "spm.model")
+        log(f"vocab: the SentencePiece model of the teacher bundle {path}")
+
+    def teacher() -> None:
+        bundles.unpack(path, run / "teacher", cfg.train.init_sha256)
+        trained_on, here = bundles.bundle_meta(path).get("train_data_sha256"), train_data_sha256(run)
+        if trained_on and trained_on != here:
+            log(f"teacher: WARNING {path} was trained on other training pairs than this run's "
+                "data/train.*; if its data overlaps this run's valid or test split, its scores there "
+                "are not held-out scores")
+        log(f"teacher: taken from {path} (sha256 checked); not trained in this run")
+
+    stages[1] = dataclasses.replace(stages[1], config={**stages[1].config, **depends}, inputs=[path],
+                                    run=vocab)
+    stages[2] = dataclasses.replace(stages[2], config={"init": depends, "decode": stages[2].config["decode"]},
+                                    inputs=[path], run=teacher, resumable=False)
 
 
 def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) -> list[dict]:

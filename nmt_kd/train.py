@@ -112,6 +112,17 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def train_data_sha256(run_dir: Path, distilled: bool = False) -> str:
+    """One hash of the training pairs a model learns from (recorded in model.json, so a
+    bundled teacher can tell whether a run's training split is the one it was trained on)."""
+    import hashlib
+
+    from nmt_kd.fileio import sha256_file
+
+    base = run_dir / ("distill" if distilled else "data")
+    return hashlib.sha256("".join(sha256_file(base / f"train.{s}") for s in ("src", "tgt")).encode()).hexdigest()
+
+
 def load_pairs(run_dir: Path, split: str, distilled: bool = False) -> tuple[list[str], list[str]]:
     base = run_dir / ("distill" if distilled else "data")
     src, tgt = base / f"{split}.src", base / f"{split}.tgt"
@@ -616,7 +627,8 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
     info = dict(meta or {}, model_type=arch, kd=kd, name=name, steps=step,
                 epochs=int(epoch_var.numpy()), train_seconds=round(elapsed(), 1),
                 stopped_because=stopped, final_weights=final_from, skipped_nan_updates=skipped_nan,
-                precision=tc.precision, seed=tc.seed)
+                precision=tc.precision, seed=tc.seed,
+                train_data_sha256=train_data_sha256(run_dir, distilled_data))
     keras.mixed_precision.set_global_policy("float32")
     if role.is_chief:
         save_model_dir(model, out, tokenizer, info)
