@@ -1,6 +1,6 @@
 #!/bin/bash
 # Train every student row of the KD table in docs/benchmarks.md (GRU and CNN students x
-# none / word / seq / seq+word), resumably: a finished row (model.keras present) is skipped,
+# none / word / seq / seq+word, over seeds), resumably: a finished row (model.keras present) is skipped,
 # an interrupted one continues from its last checkpoint. Two lanes share the machine and one
 # queue of rows (a flock per row)
 # (on 2 cores, two single-threaded jobs train ~1.3x faster together than one 2-thread job).
@@ -31,28 +31,29 @@ row() {  # name model kd [extra args]: skipped when finished or when another lan
   ) 9> "$RUN/logs/$name.lock"
 }
 # The CNN rows get 3,000 steps each (the GRU rows 5,000): the same budget within an architecture.
+# Every row a claim rests on has three seeds (RUN/<row>.seed<k>, as the pipeline names them);
+# the CNN word and seq+word rows one. Seed 1 of every row first, so a partial run is a table.
 CNN_STEPS=${CNN_STEPS:-3000}
 rows() {
-  row rnn_seq student_rnn seq; row rnn_none student_rnn none
-  row rnn_seqword student_rnn seq+word; row rnn_word student_rnn word
-  for kd in seq none seq+word word; do
-    row "cnn_${kd/+/}" student_cnn "$kd" --set student_train.max_steps="$CNN_STEPS"
-  done
-}
-# Score every finished row on test_2016_flickr (greedy and beam 5, batch 64) into
-# docs/results/multi30k/NAME.beamB.bs64.json; rows already scored are skipped.
-evaluate() {
-  for name in rnn_none rnn_word rnn_seq rnn_seqword cnn_none cnn_word cnn_seq cnn_seqword; do
-    [ -f "$RUN/$name/model.keras" ] || { echo "$name: not trained yet"; continue; }
-    for beam in 1 5; do
-      out=docs/results/multi30k/$name.beam$beam.bs64.json
-      [ -f "$out" ] && continue
-      "$PY" -P -m nmt_kd.cli evaluate -c "$CONFIG" --model "$RUN/$name" --src "$RUN/data/test.src" \
-          --ref "$RUN/data/test.tgt" --test-set multi30k/test_2016_flickr --beam $beam \
-          --batch-size 64 --out "$out" 2>&1 | grep -v "^[IWE]0000" | tail -n 1
+  for seed in 1 2 3; do
+    for kd in seq none seq+word word; do
+      row "rnn_${kd/+/}.seed$seed" student_rnn "$kd" --set student_train.seed="$seed"
     done
+    for kd in seq none; do
+      row "cnn_$kd.seed$seed" student_cnn "$kd" --set student_train.max_steps="$CNN_STEPS" \
+          --set student_train.seed="$seed"
+    done
+    if [ "$seed" = 1 ]; then
+      for kd in seq+word word; do
+        row "cnn_${kd/+/}.seed1" student_cnn "$kd" --set student_train.max_steps="$CNN_STEPS" \
+            --set student_train.seed=1
+      done
+    fi
   done
 }
+# Then `nmt-kd pipeline -c $CONFIG --run-dir $RUN --adopt` records the finished rows as done
+# and evaluates every model (test greedy/beam 5 at batch 1 and 64, valid, the blind sets),
+# and writes the report with per-seed means, spreads and Holm-corrected tests.
 # Both lanes walk the same queue; a row is trained by whichever lane reaches it first.
 lane_a() { rows; }
 lane_b() { rows; }
