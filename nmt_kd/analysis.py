@@ -516,7 +516,7 @@ def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
 
 def to_markdown(result: dict) -> list[str]:
     """Short markdown sections: per-sentence summary and QE, flags, buckets, top gaps."""
-    md = ["## Where the students lose", "",
+    md = [f"## {_heading(result)}", "",
           f"Sentence chrF (sacreBLEU) against the reference over {result['n_sentences']} sentences; "
           "*chrF vs teacher* scores a student against the teacher's output; *below teacher by "
           "10+* counts sentences where the student's chrF is 10+ points under the teacher's. QE is "
@@ -595,24 +595,28 @@ def _html_table(head: list[str], body: list[list[str]], cls: str = "", table_id:
             + "</tbody></table>")
 
 
-def _sentence_columns(result: dict) -> list[tuple[str, list[float]]]:
-    cols = [(f"{name} chrF", result["sentence_chrf"][name]) for name in result["models"]]
-    cols += [(f"{name} vs teacher", v) for name, v in result["sentence_chrf_vs_teacher"].items()]
-    cols += [(f"{name} QE", v) for name, v in result["sentence_qe"].items()]
+def _sentence_columns(result: dict) -> list[tuple[str, list[float], str | None, str]]:
+    """(header, values, model whose output a cell's tooltip shows, number format) per column."""
+    cols = [(f"{name} chrF", result["sentence_chrf"][name], name, ".1f") for name in result["models"]]
+    cols += [(f"{name} vs teacher", v, None, ".1f") for name, v in result["sentence_chrf_vs_teacher"].items()]
+    cols += [(f"{name} QE", v, None, ".2f") for name, v in result["sentence_qe"].items()]
     return cols
 
 
-def sentence_table(result: dict, srcs: Sequence[str]) -> str:
-    """Every sentence, one row, sortable by any column (click its header)."""
-    esc = html.escape
+def sentence_table(result: dict, srcs: Sequence[str], outputs: dict[str, list[str]] | None = None) -> str:
+    """Every sentence, one row, sortable by any column (click its header); a model's chrF cell
+    shows its output on hover when `outputs` are given."""
+    esc, outputs = html.escape, outputs or {}
     cols = _sentence_columns(result)
-    head = ["#", "words", "source"] + [c for c, _ in cols]
+    head = ["#", "words", "source"] + [c[0] for c in cols]
     rows = []
     for i, src in enumerate(srcs):
         cells = [f'<td data-v="{i + 1}">{i + 1}</td>',
                  f'<td data-v="{result["source_words"][i]}">{result["source_words"][i]}</td>',
                  f'<td class="text" title="{esc(src)}">{esc(src)}</td>']
-        cells += [f'<td data-v="{v[i]}">{v[i]:.1f}</td>' for _, v in cols]
+        for _, values, model, fmt in cols:
+            tip = f' title="{esc(outputs[model][i])}"' if model in outputs else ""
+            cells.append(f'<td data-v="{values[i]}"{tip}>{values[i]:{fmt}}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return ('<div class="scroll"><table class="sortable" id="sentence-table"><thead><tr>'
             + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
@@ -662,12 +666,16 @@ def flags_html(result: dict) -> str:
     return "".join(parts)
 
 
-def to_html(result: dict, srcs: Sequence[str]) -> str:
+def _heading(result: dict) -> str:
+    return "Where the students lose" if result["teacher"] else "Where the model loses"
+
+
+def to_html(result: dict, srcs: Sequence[str], outputs: dict[str, list[str]] | None = None) -> str:
     """The analysis as one self-contained HTML fragment (its own style and script)."""
     esc = html.escape
     buckets = "".join(f"<h3>By {esc(t['title'])}</h3>" + _html_table(*bucket_rows(t))
                       for t in result["buckets"].values())
-    return ('<section id="analysis">' + _CSS + "<h2>Where the students lose</h2>"
+    return ('<section id="analysis">' + _CSS + f"<h2>{_heading(result)}</h2>"
             "<p>Sentence chrF against the reference; QE is each model's own length-normalised "
             "log-probability of its output, correlated with its sentence chrF.</p>"
             + _html_table(*summary_rows(result))
@@ -675,8 +683,9 @@ def to_html(result: dict, srcs: Sequence[str]) -> str:
             + "<h3>Flags</h3>" + flags_html(result)
             + f"<h3>BLEU by bucket</h3><p>95% percentile bootstrap interval, "
               f"{result['bootstrap_resamples']} resamples of each bucket's sentences.</p>" + buckets
-            + "<h3>Sentences</h3><p>Click a column header to sort (again to reverse).</p>"
-            + sentence_table(result, srcs) + _SORT_JS + "</section>")
+            + "<h3>Sentences</h3><p>Click a column header to sort (again to reverse); hover "
+              "over a model's chrF to read its output.</p>"
+            + sentence_table(result, srcs, outputs) + _SORT_JS + "</section>")
 
 
 def standalone_page(title: str, fragment: str) -> str:
@@ -736,7 +745,7 @@ def analyze_run(run: str | Path, rows: list[dict], n_boot: int = 1000,
                          for name, o in outputs.items()}
     result["seconds"] = round(time.perf_counter() - t0, 2)
     log(f"analysis: {len(systems)} models x {len(srcs)} sentences in {result['seconds']:.1f}s")
-    return to_markdown(result), to_html(result, srcs), result
+    return to_markdown(result), to_html(result, srcs, systems), result
 
 
 def analyze_model(model_dir: str | Path, src: str | Path, ref: str | Path,
@@ -773,6 +782,6 @@ def analyze_model(model_dir: str | Path, src: str | Path, ref: str | Path,
     with atomic_open(out / "analysis.md") as f:
         f.write("\n".join([f"# {name}: analysis", "", *to_markdown(result)]) + "\n")
     with atomic_open(out / "analysis.html") as f:
-        f.write(standalone_page(f"{name}: analysis", to_html(result, srcs)))
+        f.write(standalone_page(f"{name}: analysis", to_html(result, srcs, {name: hyps})))
     log(f"analysis: {out / 'analysis.json'}, {out / 'analysis.html'}")
     return out

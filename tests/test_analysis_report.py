@@ -3,7 +3,14 @@
 import json
 
 import pytest
-from test_analysis import assert_sorted_by_clicks, model_dirs, plant, report_run, sort_in_chromium
+from test_analysis import (
+    ENGLISH,
+    assert_sorted_by_clicks,
+    model_dirs,
+    plant,
+    report_run,
+    sort_in_chromium,
+)
 
 from nmt_kd import analysis
 from nmt_kd.fileio import read_lines, write_lines
@@ -33,6 +40,7 @@ def test_report_carries_the_analysis_for_teacher_and_every_student(tiny_run, mod
         assert heading in md
     page = (run / "report/report.html").read_text()
     assert page.count('id="sentence-table"') == 1 and "<del>" in page and "src=\"http" not in page
+    assert f'title="{ENGLISH}"' in page  # hovering over rnn_seq's chrF shows its output
 
 
 def test_report_sentence_table_sorts_on_a_header_click_in_headless_chromium(
