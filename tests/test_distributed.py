@@ -61,13 +61,51 @@ WORKER = textwrap.dedent("""
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
     from nmt_kd.config import config_from_dict
+    from nmt_kd.losses import label_smoothed_ce
     from nmt_kd.train import train_model
-    res = train_model(config_from_dict(args["tree"]), args["run"], args.get("arch", "teacher"),
+    cfg = config_from_dict(args["tree"])
+    rows, logs, loss_fn = [], [], None
+    if args.get("record_rows"):  # the source rows each replica's loss saw, step by step
+        eps = cfg.train.label_smoothing
+
+        def record(replica, src):
+            rows.append([int(replica.numpy()), src.numpy().tolist()])
+            return np.int32(0)
+
+        def loss_fn(logits, tgt_out, src, tgt_in):
+            ctx = tf.distribute.get_replica_context()
+            replica = tf.convert_to_tensor(ctx.replica_id_in_sync_group)
+            with tf.control_dependencies([tf.py_function(record, [replica, src], tf.int32)]):
+                loss, n = label_smoothed_ce(logits, tgt_out, eps)
+                return tf.identity(loss), tf.identity(n)
+    res = train_model(cfg, args["run"], args.get("arch", "teacher"),
                       name=args["name"], kd=args.get("kd", "none"), resume=args.get("resume", False),
-                      teacher_dir=args.get("teacher_dir"), log=lambda m: None)
+                      teacher_dir=args.get("teacher_dir"), log=logs.append, loss_fn=loss_fn)
     np.savez(args["out"], *res.model.get_weights())
-    json.dump({"losses": res.losses, "steps": res.steps}, open(args["out"] + ".json", "w"))
+    copies = [[c.numpy() for c in getattr(getattr(v, "value", v), "values", [v])]
+              for v in res.model.trainable_variables]
+    json.dump({"losses": res.losses, "steps": res.steps, "rows": rows, "log": logs,
+               "replica_copies": min(len(c) for c in copies),
+               "replica_diff": max(float(np.abs(c[0] - x).max()) for c in copies for x in c)},
+              open(args["out"] + ".json", "w"))
 """)
+
+
+def _replica_rows_seen(run, tree, record, replicas=2):
+    """Check that replica r's loss saw exactly rows r, r + N, ... of each global batch."""
+    from nmt_kd.dataset import BatchStream, encode_pairs
+    from nmt_kd.tokenizer import Tokenizer
+    from nmt_kd.train import load_pairs
+
+    tc = config_from_dict(tree).train
+    pairs = encode_pairs(Tokenizer(run / "vocab" / "spm.model"), *load_pairs(run, "train"),
+                         tc.max_len)
+    stream = BatchStream(pairs, tc.max_tokens, seed=tc.seed)
+    batches = [src for (src, _), _ in stream.iter_numpy(0)][:STEPS]
+    seen = {}
+    for replica, src in record["rows"]:
+        seen.setdefault(replica, []).append(src)
+    return seen, {r: [b[r::replicas].tolist() for b in batches] for r in range(replicas)}
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +144,20 @@ def _assert_same_training(ref, weights, record):
     """Every step's loss matches the single-device run tightly; the weights closely.
 
     Weights get a looser bound: a parameter whose true gradient is zero (the attention key
-    bias: softmax ignores a constant added to every score) receives float noise, and Adam
-    turns any gradient, noise included, into a step of about the learning rate.
+    bias: softmax ignores a constant added to every score; the bias of a ReLU unit that is
+    dead on the batch) receives float noise, and Adam turns any gradient, noise included,
+    into a step of about the learning rate. So all but a handful of elements agree within
+    2e-3 (learning rate 3e-3), and none by more than a step of the learning rate per step.
     """
     assert record["steps"] == STEPS
     np.testing.assert_allclose(record["losses"], ref.losses, rtol=2e-5)
     assert len(record["losses"]) == STEPS
     ref_weights = ref.model.get_weights()
     assert len(weights) == len(ref_weights)
-    for a, b in zip(weights, ref_weights, strict=True):
-        np.testing.assert_allclose(a, b, atol=2e-3)  # learning rate 3e-3
+    diffs = np.concatenate([np.abs(a - b).ravel()
+                            for a, b in zip(weights, ref_weights, strict=True)])
+    assert (diffs > 2e-3).sum() <= max(2, diffs.size // 2000), np.sort(diffs)[-10:]
+    assert diffs.max() < STEPS * 3e-3, diffs.max()
 
 
 def test_mirrored_over_two_logical_cpus_matches_one_device(setup, tmp_path):
@@ -123,10 +165,15 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(setup, tmp_path):
     tree = copy.deepcopy(tree)
     tree["train"]["strategy"] = "mirrored"
     out = tmp_path / "mirrored"
-    proc = _launch(tmp_path, run, tree, "mirrored", out, logical_cpus=2)
+    proc = _launch(tmp_path, run, tree, "mirrored", out, logical_cpus=2, record_rows=True)
     weights, record = _result(proc, out)
     _assert_same_training(ref, weights, record)
     assert (run / "mirrored" / "model.keras").is_file()
+    # really two replicas, each with its own rows of every global batch, in sync at the end
+    assert any("strategy mirrored, 2 replicas, 1 worker(s)" in m for m in record["log"]), record["log"]
+    seen, want = _replica_rows_seen(run, tree, record)
+    assert set(seen) == {0, 1} and seen == want
+    assert record["replica_copies"] == 2 and record["replica_diff"] == 0.0
 
 
 def test_online_word_kd_under_mirrored_matches_one_device(setup, tmp_path):
@@ -157,22 +204,34 @@ def test_two_workers_end_identical_and_match_one_process(setup, tmp_path):
     tree = copy.deepcopy(tree)
     tree["train"]["strategy"] = "multi_worker"
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    # the second worker gets its own copy of the run directory: whatever it writes there
+    # shows (on a shared file system the chief alone must write)
+    other = tmp_path / "worker1_run"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("multi"))
     procs, outs = [], []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         outs.append(tmp_path / f"worker{index}")
-        procs.append(_launch(tmp_path, run, tree, "multi", outs[-1],
-                             env={"TF_CONFIG": json.dumps(tf_config)}))
+        procs.append(_launch(tmp_path, (run, other)[index], tree, "multi", outs[-1],
+                             env={"TF_CONFIG": json.dumps(tf_config)}, record_rows=True))
     results = [_result(p, o) for p, o in zip(procs, outs, strict=True)]
     (w0, r0), (w1, r1) = results
     for a, b in zip(w0, w1, strict=True):
         np.testing.assert_array_equal(a, b)  # the workers hold one model
     assert r0["losses"] == r1["losses"]
     _assert_same_training(ref, w0, r0)
+    # one replica per worker, two in sync; the chief reports, the other worker stays quiet
+    assert any("strategy multi_worker, 2 replicas, 2 worker(s)" in m for m in r0["log"]), r0["log"]
+    assert r1["log"] == []
+    seen0, want = _replica_rows_seen(run, tree, r0)
+    seen1, _ = _replica_rows_seen(run, tree, r1)
+    assert seen0 == {0: want[0]} and seen1 == {1: want[1]}  # worker i is replica i
     # the chief alone wrote the model and the checkpoints
     assert (run / "multi" / "model.keras").is_file()
     assert sorted(p.name for p in (run / "multi" / "checkpoints").glob("ckpt-*.index")) == \
         ["ckpt-4.index", "ckpt-8.index"]
+    written = [p.relative_to(other) for p in (other / "multi").rglob("*") if p.is_file()]
+    assert written == [], written
 
 
 def test_two_workers_resume_from_the_chiefs_checkpoint(setup, tmp_path):
