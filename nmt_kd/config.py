@@ -157,6 +157,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 500
     eval_sentences: int = 0  # 0: the whole valid set for validation BLEU
+    eval_batch_size: int = 64  # validation BLEU's greedy decoding batch (not decode.batch_size)
     early_stop_metric: str = "bleu"  # bleu | loss
     patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
     average_last: int = 0  # average the last K checkpoints into the final model; 0: off
@@ -213,6 +214,7 @@ class DistillConfig:
     keep_original: bool = False
     drop_worst: float = 0.0  # fraction of lowest-scoring teacher translations to drop
     shard_size: int = 2000
+    batch_size: int = 64  # the teacher's decoding batch (its own: decode.batch_size is evaluation's)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:

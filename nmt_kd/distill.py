@@ -129,7 +129,7 @@ def translate_shards(
     for i, src, ref in _shard_lines(src_path, ref_path, ranges, todo):
         start, end = ranges[i]
         translator.line_offset = start
-        res = translator.translate(src, beam=dc.beam, nbest=nbest)
+        res = translator.translate(src, beam=dc.beam, nbest=nbest, batch_size=dc.batch_size)
         with atomic_open(shard_path(run_dir, i)) as f:
             for k in range(end - start):
                 record: dict = {"i": start + k}

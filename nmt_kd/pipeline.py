@@ -93,6 +93,11 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
     from nmt_kd.train import train_model
 
     c = config_to_dict(cfg)
+    # what training and distillation read of `decode`: the search settings that only the
+    # evaluate stage uses (beam, batch size; length penalty for training's greedy validation)
+    # are left out, so changing them re-runs evaluation and the report, never training
+    train_decode = {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size", "length_penalty")}
+    distill_decode = {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size")}
     spm = run / "vocab" / "spm.model"
     teacher_model = run / "teacher" / "model.keras"
     d = cfg.data
@@ -107,7 +112,7 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
               products=[spm]),
         Stage("teacher", "teacher", run / "teacher",
               {"model": {"teacher": c["model"]["teacher"], "max_positions": c["model"]["max_positions"]},
-               "train": c["train"], "decode": c["decode"]},
+               "train": c["train"], "decode": train_decode},
               _data_files(run, ("train", "valid")) + [spm],
               run=lambda: train_model(cfg, run, "teacher", resume=True, log=log), resumable=True,
               products=_model_files(run / "teacher")),
@@ -119,7 +124,7 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
     students = cfg.pipeline.students
     if any(s.kd.startswith("seq") for s in students):
         stages.append(Stage(
-            "distill", "distill", run / "distill", {"distill": c["distill"], "decode": c["decode"]},
+            "distill", "distill", run / "distill", {"distill": c["distill"], "decode": distill_decode},
             _data_files(run, ("train",)) + [teacher_model],
             run=lambda: distill_corpus(cfg, run, log=log), resumable=True,
             products=[run / "distill" / "manifest.json"]))
@@ -134,7 +139,7 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
             depends = {"spec": config_to_dict(spec), "model": c["model"][spec.arch],
                        "max_positions": c["model"]["max_positions"], "train": c["student_train"],
                        "distill": c["distill"] if spec.kd != "none" else None,
-                       "decode": c["decode"]}
+                       "decode": train_decode}
             if seed is not None:  # (absent without seeds: older run directories keep their hash)
                 depends["seed"] = seed
             stages.append(Stage(

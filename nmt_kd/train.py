@@ -479,7 +479,8 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
         from nmt_kd.translate import Translator
 
         n = tc.eval_sentences or len(valid_src)
-        hyps = Translator(model, tokenizer, cfg.decode).translate(valid_src[:n], beam=1).hypotheses
+        hyps = Translator(model, tokenizer, cfg.decode).translate(
+            valid_src[:n], beam=1, batch_size=tc.eval_batch_size).hypotheses
         return sacrebleu.corpus_bleu(hyps, [valid_tgt[:n]]).score
 
     writer = (tf.summary.create_file_writer(str(out / "logs")) if role.is_chief

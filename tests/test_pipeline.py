@@ -52,6 +52,14 @@ def test_pipeline_runs_skips_and_reruns_only_what_changed(pipeline_tree, tmp_pat
     assert run_pipeline(config_from_dict(tree), run, log=quiet) == [
         "student cnn_none", "evaluate cnn_none", "report"]
     assert "kernel_size: 5" in (run / "cnn_none/config.yaml").read_text()
+    # a decode-only change (the evaluation's beam and batch size) re-runs every evaluation
+    # and the report, never training or distillation
+    decode_tree = copy.deepcopy(tree)
+    decode_tree["decode"].update(batch_size=4, beam=3)
+    assert run_pipeline(config_from_dict(decode_tree), run, log=quiet) == [
+        "evaluate teacher", "evaluate rnn_seq", "evaluate cnn_none", "report"]
+    assert run_pipeline(config_from_dict(tree), run, log=quiet) == [
+        "evaluate teacher", "evaluate rnn_seq", "evaluate cnn_none", "report"]
 
     # --adopt: the same outputs as if made by the step-by-step commands (no pipeline records)
     for marker in [*run.rglob("done.json"), *run.rglob("started.json")]:
