@@ -255,13 +255,15 @@ def cmd_analyze(args) -> int:
     from nmt_kd.analysis import analyze_model
 
     analyze_model(args.model, args.src, args.ref, hyp=args.hyp, run_dir=args.run_dir, out=args.out,
-                  beam=args.beam, tgt_lang=args.tgt_lang, n_boot=args.bootstrap)
+                  beam=args.beam, tgt_lang=args.tgt_lang, n_boot=args.bootstrap,
+                  decode_cfg=_decode_config(args))
     return 0
 
 
 def _add_analyze_parser(sub) -> None:
     p = sub.add_parser("analyze", help="one model's sentence-level analysis: chrF per sentence, "
                        "flags, BLEU by bucket with CIs, quality estimate (JSON + HTML)")
+    _add_config_args(p)
     p.add_argument("--model", required=True, help="model directory (scores its output: QE)")
     p.add_argument("--src", required=True, help="source file")
     p.add_argument("--ref", required=True, help="reference file")
@@ -273,6 +275,23 @@ def _add_analyze_parser(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per bucket")
     p.add_argument("--out", help="output directory (default: MODEL/analysis)")
     p.set_defaults(func=cmd_analyze)
+
+
+def cmd_score(args) -> int:
+    from nmt_kd.evaluate import score_files
+    from nmt_kd.fileio import write_json
+
+    res = score_files(args.hyp, args.ref, args.baseline, args.bootstrap)
+    print(f"{Path(args.hyp).name}: BLEU {res['bleu']:.2f}  chrF {res['chrf']:.2f}  "
+          f"TER {res['ter']:.2f}  ({res['sentences']} sentences)")
+    for key in ("bleu", "chrf", "ter"):
+        print(f"  {key}: {res[key + '_signature']}")
+    for t in res["paired_bootstrap"]:
+        print(f"  vs {t['baseline']}: {t['bleu']:.2f} vs {t['baseline_bleu']:.2f} BLEU, "
+              f"p = {t['p_value']:.4f} (paired bootstrap, {args.bootstrap} resamples)")
+    if args.json:
+        write_json(args.json, res)
+    return 0
 
 
 def cmd_report(args) -> int:
