@@ -426,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no test)")
     p.set_defaults(func=cmd_report)
     _add_analyze_parser(sub)
+
+    p = sub.add_parser("score", help="sacreBLEU BLEU, chrF and TER of a translation file, and "
+                       "the paired bootstrap test against other systems' files")
+    p.add_argument("hyp", help="translations, one per line")
+    p.add_argument("ref", help="references, line-aligned with HYP")
+    p.add_argument("--baseline", action="append", default=[], metavar="HYP",
+                   help="another system's translations for a paired bootstrap test (repeatable)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--json", help="write the scores as JSON here")
+    p.set_defaults(func=cmd_score)
     return parser
 
 

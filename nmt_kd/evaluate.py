@@ -36,6 +36,41 @@ def score(hyps: list[str], refs: list[str]) -> dict:
     return out
 
 
+def paired_bootstrap(baseline: tuple[str, list[str]], system: tuple[str, list[str]],
+                     refs: list[str], n_samples: int = 1000) -> dict:
+    """sacreBLEU's paired bootstrap of `system` against `baseline` (each a (name, lines) pair)
+    on BLEU: both scores, their difference, the p-value and the test's signature."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    for name, lines in (baseline, system):
+        if len(lines) != len(refs):
+            raise UserError(f"{name} has {len(lines)} lines but the references have {len(refs)}")
+    sigs, res = PairedTest([baseline, system], {"BLEU": BLEU()}, [refs], test_type="bs",
+                           n_samples=n_samples)()
+    base, mine = res["BLEU"]
+    return {"bleu": round(mine.score, 2), "baseline_bleu": round(base.score, 2),
+            "delta": round(mine.score - base.score, 2), "p_value": round(float(mine.p_value), 4),
+            "signature": str(sigs["BLEU"])}
+
+
+def score_files(hyp: str, ref: str, baselines: list[str] = (), n_samples: int = 1000) -> dict:
+    """`nmt-kd score`: BLEU, chrF and TER of a translation file, and the paired bootstrap
+    against each baseline file. Files are read strictly (UTF-8, one sentence per line); a
+    line-count mismatch is an error naming both files, never a silent truncation."""
+    from nmt_kd.fileio import read_lines
+
+    hyps, refs = read_lines(hyp), read_lines(ref)
+    if len(hyps) != len(refs):
+        raise UserError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}")
+    result = {"hyp": hyp, "ref": ref, "sentences": len(refs), **score(hyps, refs),
+              "paired_bootstrap": []}
+    for other in baselines:
+        test = paired_bootstrap((other, read_lines(other)), (hyp, hyps), refs, n_samples)
+        result["paired_bootstrap"].append({"baseline": other, **test})
+    return result
+
+
 def machine_info() -> dict:
     import tensorflow as tf
 

@@ -202,8 +202,7 @@ def significance(run: Path, rows: list[dict], n_samples: int = 1000,
                  groups: list[dict] | None = None) -> list[dict]:
     """Paired bootstrap (sacreBLEU) on the test set for every comparison of `_comparisons`,
     with Holm's correction over all of them (`p_holm`, `significant` at ALPHA)."""
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
+    from nmt_kd.evaluate import paired_bootstrap
 
     refs = read_lines(run / "data" / "test.tgt")
     groups = groups if groups is not None else group_rows(run, summarize(rows))
@@ -217,15 +216,9 @@ def significance(run: Path, rows: list[dict], n_samples: int = 1000,
         mine, other = hyps(name, beam), hyps(base_name, base_beam)
         if mine is None or other is None:
             continue
-        test = PairedTest([(base_name, other), (name, mine)], {"BLEU": BLEU()}, [refs],
-                          test_type="bs", n_samples=n_samples)
-        sigs, res = test()
-        base, sys_ = res["BLEU"][0], res["BLEU"][1]
         results.append({"system": name, "row": split_seed(name)[0], "against": base_name,
                         "against_role": role, "decoding": decoding, "split": "test",
-                        "bleu": round(sys_.score, 2), "baseline_bleu": round(base.score, 2),
-                        "delta": round(sys_.score - base.score, 2),
-                        "p_value": round(float(sys_.p_value), 4), "signature": str(sigs["BLEU"])})
+                        **paired_bootstrap((base_name, other), (name, mine), refs, n_samples)})
     for r, adj in zip(results, holm([r["p_value"] for r in results]), strict=True):
         r["p_holm"] = round(adj, 4)
         r["significant"] = adj < ALPHA

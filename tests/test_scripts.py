@@ -1,4 +1,4 @@
-"""The user scripts in scripts/: scoring a translation file, preparing a corpus."""
+"""`nmt-kd score` (it replaced scripts/score.py) and the user scripts in scripts/."""
 
 import json
 import subprocess
@@ -25,7 +25,7 @@ def test_score_matches_sacrebleu_and_runs_the_paired_test(tmp_path):
     bad = ["cat", "the dog", "men football", "sun"] * 5
     for name, lines in (("ref", refs), ("good", good), ("bad", bad)):
         (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    proc = _run(REPO / "scripts/score.py", tmp_path / "good.txt", tmp_path / "ref.txt",
+    proc = _run("-m", "nmt_kd.cli", "score", tmp_path / "good.txt", tmp_path / "ref.txt",
                 "--baseline", tmp_path / "bad.txt", "--bootstrap", "200",
                 "--json", tmp_path / "s.json")
     assert proc.returncode == 0, proc.stderr
@@ -40,7 +40,7 @@ def test_score_matches_sacrebleu_and_runs_the_paired_test(tmp_path):
 def test_score_refuses_misaligned_files(tmp_path):
     (tmp_path / "h.txt").write_text("a\nb\n", encoding="utf-8")
     (tmp_path / "r.txt").write_text("a\nb\nc\n", encoding="utf-8")
-    proc = _run(REPO / "scripts/score.py", tmp_path / "h.txt", tmp_path / "r.txt")
+    proc = _run("-m", "nmt_kd.cli", "score", tmp_path / "h.txt", tmp_path / "r.txt")
     assert proc.returncode == 2
     assert "has 2 lines but" in proc.stderr and "Traceback" not in proc.stderr
 
