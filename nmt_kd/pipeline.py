@@ -171,7 +171,7 @@ def _start_from_bundle(cfg: Config, run: Path, stages: list[Stage], log: Callabl
     """`train.init`: the vocab stage takes the bundle's SentencePiece model and the teacher
     stage unpacks the bundle (its hash checked) instead of training."""
     from nmt_kd import bundle as bundles
-    from nmt_kd.train import train_data_sha256
+    from nmt_kd.train import data_sha256
 
     path = Path(expand_path(cfg.train.init))
     depends = {"init": cfg.train.init, "init_sha256": cfg.train.init_sha256}
@@ -183,11 +183,13 @@ def _start_from_bundle(cfg: Config, run: Path, stages: list[Stage], log: Callabl
 
     def teacher() -> None:
         bundles.unpack(path, run / "teacher", cfg.train.init_sha256)
-        trained_on, here = bundles.bundle_meta(path).get("train_data_sha256"), train_data_sha256(run)
-        if trained_on and trained_on != here:
-            log(f"teacher: WARNING {path} was trained on other training pairs than this run's "
-                "data/train.*; if its data overlaps this run's valid or test split, its scores there "
-                "are not held-out scores")
+        meta = bundles.bundle_meta(path)
+        if meta.get("heldout_sha256") and meta["heldout_sha256"] == data_sha256(run, ("valid", "test")):
+            log(f"teacher: {path} was trained with this run's valid and test splits held out")
+        elif meta.get("train_data_sha256") != data_sha256(run, ("train",)):
+            log(f"teacher: WARNING {path} was trained on other data than this run's data/train.* "
+                "and not with this run's valid and test splits held out; if its training data "
+                "overlaps them, its scores there are not held-out scores")
         log(f"teacher: taken from {path} (sha256 checked); not trained in this run")
 
     stages[1] = dataclasses.replace(stages[1], config={**stages[1].config, **depends}, inputs=[path],

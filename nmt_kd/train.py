@@ -112,15 +112,19 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def train_data_sha256(run_dir: Path, distilled: bool = False) -> str:
-    """One hash of the training pairs a model learns from (recorded in model.json, so a
-    bundled teacher can tell whether a run's training split is the one it was trained on)."""
+def data_sha256(run_dir: Path, splits: tuple[str, ...] = ("train",), distilled: bool = False) -> str | None:
+    """One hash of a run's files for `splits` (None if one is missing). Recorded in model.json
+    for the training pairs and for the held-out splits, so that a bundled teacher tells a run
+    whether its valid and test splits were held out of the teacher's training."""
     import hashlib
 
     from nmt_kd.fileio import sha256_file
 
     base = run_dir / ("distill" if distilled else "data")
-    return hashlib.sha256("".join(sha256_file(base / f"train.{s}") for s in ("src", "tgt")).encode()).hexdigest()
+    files = [base / f"{split}.{side}" for split in splits for side in ("src", "tgt")]
+    if not all(f.is_file() for f in files):
+        return None
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
 def load_pairs(run_dir: Path, split: str, distilled: bool = False) -> tuple[list[str], list[str]]:
@@ -629,7 +633,8 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
                 epochs=int(epoch_var.numpy()), train_seconds=round(elapsed(), 1),
                 stopped_because=stopped, final_weights=final_from, skipped_nan_updates=skipped_nan,
                 precision=tc.precision, seed=tc.seed,
-                train_data_sha256=train_data_sha256(run_dir, distilled_data))
+                train_data_sha256=data_sha256(run_dir, ("train",), distilled_data),
+                heldout_sha256=data_sha256(run_dir, ("valid", "test")))
     keras.mixed_precision.set_global_policy("float32")
     if role.is_chief:
         save_model_dir(model, out, tokenizer, info)

@@ -69,11 +69,23 @@ def test_pipeline_starts_from_a_bundle_instead_of_training(teacher_bundle, tiny_
     run, tree = clone_run(tiny_run, tmp_path)
     tree = copy.deepcopy(tree)
     tree["train"].update(init=str(path), init_sha256=digest)
-    ran = run_pipeline(config_from_dict(tree), run, until="teacher", log=lambda _m: None)
+    logs = []
+    ran = run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append)
     assert ran == ["prepare", "vocab", "teacher"]
+    assert any("trained with this run's valid and test splits held out" in m for m in logs)
+    assert not any("WARNING" in m for m in logs)
     assert (run / "vocab/spm.model").read_bytes() == (model_dir / "spm.model").read_bytes()
     assert read_json(run / "teacher/model.json")["init_sha256"] == digest
     assert not (run / "teacher/checkpoints").exists()  # nothing was trained
+    # another run (other training pairs, other test split): the teacher may have trained on
+    # this test split; said, not hidden
+    for split, line in (("train", "one more pair"), ("test", "a different test set")):
+        for side in ("src", "tgt"):
+            with open(run / f"data/{split}.{side}", "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+    logs = []
+    run_pipeline(config_from_dict(tree), run, until="teacher", force=("teacher",), log=logs.append)
+    assert any("WARNING" in m and "not with this run's valid and test splits held out" in m for m in logs)
     tree["train"]["init_sha256"] = "0" * 64
     with pytest.raises(UserError, match="sha256 is"):
         run_pipeline(config_from_dict(tree), run, until="teacher", log=lambda _m: None)
