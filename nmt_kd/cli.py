@@ -167,9 +167,12 @@ def cmd_translate(args) -> int:
 def cmd_evaluate(args) -> int:
     from nmt_kd.evaluate import evaluate_model
 
-    out = args.out or str(Path(args.model) / f"metrics.beam{args.beam}.bs{args.batch_size}.json")
-    evaluate_model(args.model, args.src, args.ref, beam=args.beam, batch_size=args.batch_size,
-                   decode_cfg=_decode_config(args), test_set=args.test_set, out_json=out,
+    decode = _decode_config(args)
+    beam = args.beam if args.beam is not None else decode.beam
+    batch = args.batch_size if args.batch_size is not None else decode.batch_size
+    out = args.out or str(Path(args.model) / f"metrics.beam{beam}.bs{batch}.json")
+    evaluate_model(args.model, args.src, args.ref, beam=beam, batch_size=batch,
+                   decode_cfg=decode, test_set=args.test_set, out_json=out,
                    speed_sentences=args.speed_sentences)
     print(f"wrote {out}")
     return 0
@@ -367,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model or ensemble directory")
     p.add_argument("--src", required=True, help="source file")
     p.add_argument("--ref", required=True, help="reference file")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--beam", type=int, default=None, help="default: decode.beam of --config")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default: decode.batch_size of --config")
     p.add_argument("--test-set", help="name for reports, e.g. multi30k/test_2016_flickr")
     p.add_argument("--speed-sentences", type=int, default=0,
                    help="time only the first N sentences (default: all)")

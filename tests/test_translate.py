@@ -105,6 +105,15 @@ def test_cli_translate_stdin_and_evaluate(tiny_teacher, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert REQUIRED <= set(json.loads(Path(out).read_text()))
     assert "BLEU" in r.stdout and "nrefs:1" in r.stdout
+    # without --beam / --batch-size, evaluate decodes as the config's decode section says
+    r = subprocess.run([sys.executable, "-m", "nmt_kd.cli", "evaluate", "--model", str(model),
+                        "--src", str(tiny_teacher / "data/test.src"), "--ref",
+                        str(tiny_teacher / "data/test.tgt"), "--out", str(out), "--set",
+                        "decode.max_len_cap=32", "--set", "decode.beam=3", "--set", "decode.batch_size=5"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(Path(out).read_text())
+    assert (got["beam"], got["batch_size"]) == (3, 5)
 
 
 def test_a_model_file_with_a_lambda_layer_is_refused(tiny_run, tmp_path):
