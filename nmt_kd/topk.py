@@ -30,10 +30,10 @@ from nmt_kd.fileio import read_json, write_json
 def pairs_fingerprint(pairs: EncodedPairs) -> str:
     """A hash of the encoded training data: the store is only valid for exactly these pairs."""
     h = hashlib.sha256()
-    for s, t in zip(pairs.src, pairs.tgt, strict=True):
-        h.update(s.tobytes())
+    for s, t in zip(pairs.src, pairs.tgt, strict=True):  # as int32, whatever the storage
+        h.update(np.asarray(s, np.int32).tobytes())
         h.update(b"|")
-        h.update(t.tobytes())
+        h.update(np.asarray(t, np.int32).tobytes())
         h.update(b"\n")
     return h.hexdigest()[:20]
 
