@@ -272,6 +272,19 @@ class PipelineConfig:
     name: str = "experiment"
     run_dir: str = "runs/experiment"
     students: tuple[StudentSpec, ...] = ()
+    # one teacher per seed: the first in RUN/teacher, the others in RUN/teacher.seed<k>
+    # (empty: one teacher with train.seed)
+    teacher_seeds: tuple[int, ...] = ()
+    # what distill and word-KD learn from: the teacher (RUN/teacher) or the ensemble of all
+    # the teachers (RUN/teacher_ensemble, averaging their log-probabilities at each step)
+    kd_teacher: str = "single"
+
+    def __post_init__(self) -> None:
+        _one_of("pipeline.kd_teacher", self.kd_teacher, ("single", "ensemble"))
+        if len(set(self.teacher_seeds)) != len(self.teacher_seeds):
+            raise ConfigError(f"pipeline.teacher_seeds repeats a seed: {list(self.teacher_seeds)}")
+        if self.kd_teacher == "ensemble" and len(self.teacher_seeds) < 2:
+            raise ConfigError("pipeline.kd_teacher: ensemble needs at least two pipeline.teacher_seeds")
 
 
 @dataclass(frozen=True)

@@ -76,89 +76,166 @@ def _student_config(cfg: Config, spec, seed: int | None = None) -> Config:
     return dataclasses.replace(cfg, student_train=dataclasses.replace(cfg.student_train, **changes))
 
 
+def teacher_names(cfg: Config) -> list[tuple[str, int | None]]:
+    """(model directory, seed) of each teacher: RUN/teacher, then RUN/teacher.seed<k> for the
+    other `pipeline.teacher_seeds` (none: one teacher with train.seed)."""
+    seeds = cfg.pipeline.teacher_seeds
+    if not seeds:
+        return [("teacher", None)]
+    return [("teacher", seeds[0])] + [(f"teacher.seed{k}", k) for k in seeds[1:]]
+
+
+ENSEMBLE = "teacher_ensemble"
+
+
 def model_names(cfg: Config) -> list[str]:
-    """Every model directory the pipeline trains: the teacher, then each student (per seed)."""
-    return ["teacher"] + [n for spec in cfg.pipeline.students for n, _ in spec.model_names()]
+    """Every model directory the pipeline makes: the teachers (and their ensemble), then each
+    student (per seed)."""
+    teachers = [n for n, _ in teacher_names(cfg)]
+    if cfg.pipeline.kd_teacher == "ensemble":
+        teachers.append(ENSEMBLE)
+    return teachers + [n for spec in cfg.pipeline.students for n, _ in spec.model_names()]
 
 
 def _model_files(model_dir: Path) -> list[Path]:
+    if model_dir.name == ENSEMBLE:  # no weights of its own: its members' (see kd_teacher_files)
+        return [model_dir / f for f in ("spm.model", "model.json", "ensemble.json")]
     return [model_dir / f for f in ("model.keras", "spm.model", "model.json")]  # model.json last
 
 
-def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Stage]:
-    from nmt_kd.data.prepare import prepare_data
-    from nmt_kd.distill import distill_corpus
-    from nmt_kd.report import build_report
-    from nmt_kd.tokenizer import build_vocab
-    from nmt_kd.train import train_model
+def kd_teacher_dir(cfg: Config, run: Path) -> Path:
+    """The teacher that distill and word-KD read: RUN/teacher, or the ensemble of the teachers."""
+    return run / (ENSEMBLE if cfg.pipeline.kd_teacher == "ensemble" else "teacher")
 
+
+def _weights(cfg: Config, run: Path, name: str) -> list[Path]:
+    """The files a model's outputs depend on (an ensemble: every member's model.keras)."""
+    if name == ENSEMBLE:
+        return [run / n / "model.keras" for n, _ in teacher_names(cfg)]
+    return [run / name / "model.keras"]
+
+
+def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Stage]:
     c = config_to_dict(cfg)
-    # what training and distillation read of `decode`: the search settings that only the
-    # evaluate stage uses (beam, batch size; length penalty for training's greedy validation)
-    # are left out, so changing them re-runs evaluation and the report, never training
-    train_decode = {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size", "length_penalty")}
-    distill_decode = {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size")}
-    spm = run / "vocab" / "spm.model"
-    teacher_model = run / "teacher" / "model.keras"
+    stages = _data_stages(cfg, c, run, log) + _teacher_stages(cfg, c, run, log)
+    if cfg.student_train.init:
+        raise UserError("student_train.init: only the teacher stage starts from a bundle (train.init)")
+    if cfg.train.init:
+        if cfg.pipeline.teacher_seeds:
+            raise UserError("train.init starts from one teacher; it cannot be combined with "
+                            "pipeline.teacher_seeds")
+        _start_from_bundle(cfg, run, stages, log)
+    if any(s.kd.startswith("seq") for s in cfg.pipeline.students):
+        stages.append(_distill_stage(cfg, c, run, log))
+    stages += _student_stages(cfg, c, run, log) + _evaluation_stages(cfg, c, run, log)
+    return stages
+
+
+def _train_decode(c: dict) -> dict:
+    """What training reads of `decode`: the search settings that only evaluation uses (beam,
+    batch size, length penalty) are left out, so changing them never retrains anything."""
+    return {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size", "length_penalty")}
+
+
+def _data_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
+    from nmt_kd.data.prepare import prepare_data
+    from nmt_kd.tokenizer import build_vocab
+
     d = cfg.data
     corpus = [d.train_src, d.train_tgt, d.valid_src, d.valid_tgt, d.test_src, d.test_tgt] \
         if d.source == "files" else [d.path] if d.source in ("tsv", "jsonl") else []
-    stages = [
+    return [
         Stage("prepare", "prepare", run / "data", {"data": c["data"]},
               [Path(expand_path(p)) for p in corpus if p],
               run=lambda: prepare_data(cfg, run, log=log), products=[run / "data" / "manifest.json"]),
         Stage("vocab", "vocab", run / "vocab", {"vocab": c["vocab"]},
               _data_files(run, ("train",)), run=lambda: build_vocab(cfg.vocab, run, log=log),
-              products=[spm]),
-        Stage("teacher", "teacher", run / "teacher",
-              {"model": {"teacher": c["model"]["teacher"], "max_positions": c["model"]["max_positions"]},
-               "train": c["train"], "decode": train_decode},
-              _data_files(run, ("train", "valid")) + [spm],
-              run=lambda: train_model(cfg, run, "teacher", resume=True, log=log), resumable=True,
-              products=_model_files(run / "teacher")),
+              products=[run / "vocab" / "spm.model"]),
     ]
-    if cfg.student_train.init:
-        raise UserError("student_train.init: only the teacher stage starts from a bundle (train.init)")
-    if cfg.train.init:
-        _start_from_bundle(cfg, run, stages, log)
-    students = cfg.pipeline.students
-    if any(s.kd.startswith("seq") for s in students):
+
+
+def _teacher_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
+    """One training stage per teacher seed (the first is RUN/teacher), then the ensemble."""
+    from nmt_kd.models.ensemble import create_ensemble_dir
+    from nmt_kd.train import train_model
+
+    stages = []
+    for name, seed in teacher_names(cfg):
+        tcfg = cfg if seed is None else dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+        depends = {"model": {"teacher": c["model"]["teacher"], "max_positions": c["model"]["max_positions"]},
+                   "train": config_to_dict(tcfg.train), "decode": _train_decode(c)}
         stages.append(Stage(
-            "distill", "distill", run / "distill", {"distill": c["distill"], "decode": distill_decode},
-            _data_files(run, ("train",)) + [teacher_model],
-            run=lambda: distill_corpus(cfg, run, log=log), resumable=True,
-            products=[run / "distill" / "manifest.json"]))
-    for spec in students:
-        inputs = _data_files(run, ("train", "valid")) + [spm]
+            name, "teacher", run / name, depends,
+            _data_files(run, ("train", "valid")) + [run / "vocab" / "spm.model"],
+            run=lambda tcfg=tcfg, name=name: train_model(tcfg, run, "teacher", name=name, resume=True, log=log),
+            resumable=True, products=_model_files(run / name)))
+    if cfg.pipeline.kd_teacher == "ensemble":
+        members = [run / n for n, _ in teacher_names(cfg)]
+        stages.append(Stage(
+            ENSEMBLE, "teacher", run / ENSEMBLE, {"members": [m.name for m in members]},
+            _weights(cfg, run, ENSEMBLE), run=lambda: create_ensemble_dir(members, run / ENSEMBLE),
+            products=_model_files(run / ENSEMBLE)))
+    return stages
+
+
+def _distill_stage(cfg: Config, c: dict, run: Path, log) -> Stage:
+    from nmt_kd.distill import distill_corpus
+
+    decode = {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size")}
+    teacher = kd_teacher_dir(cfg, run)
+    return Stage(
+        "distill", "distill", run / "distill",
+        {"distill": c["distill"], "decode": decode,
+         **({"teacher": teacher.name} if teacher.name != "teacher" else {})},
+        _data_files(run, ("train",)) + _weights(cfg, run, teacher.name),
+        run=lambda: distill_corpus(cfg, run, teacher_dir=teacher, log=log), resumable=True,
+        products=[run / "distill" / "manifest.json"])
+
+
+def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
+    from nmt_kd.train import train_model
+
+    teacher = kd_teacher_dir(cfg, run)
+    stages = []
+    for spec in cfg.pipeline.students:
+        inputs = _data_files(run, ("train", "valid")) + [run / "vocab" / "spm.model"]
         if spec.kd.startswith("seq"):
             inputs += [run / "distill" / "train.src", run / "distill" / "train.tgt"]
-        if spec.kd in ("word", "seq+word"):
-            inputs.append(teacher_model)
+        word = spec.kd in ("word", "seq+word")
+        if word:
+            inputs += _weights(cfg, run, teacher.name)
         for name, seed in spec.model_names():
             scfg = _student_config(cfg, spec, seed)
             depends = {"spec": config_to_dict(spec), "model": c["model"][spec.arch],
                        "max_positions": c["model"]["max_positions"], "train": c["student_train"],
                        "distill": c["distill"] if spec.kd != "none" else None,
-                       "decode": train_decode}
+                       "decode": _train_decode(c)}
             if seed is not None:  # (absent without seeds: older run directories keep their hash)
                 depends["seed"] = seed
+            if word and teacher.name != "teacher":
+                depends["teacher"] = teacher.name
             stages.append(Stage(
                 f"student {name}", "students", run / name, depends, inputs,
-                run=lambda scfg=scfg, spec=spec, name=name: train_model(
-                    scfg, run, spec.arch, name=name, kd=spec.kd, resume=True, log=log),
+                run=lambda scfg=scfg, spec=spec, name=name, word=word: train_model(
+                    scfg, run, spec.arch, name=name, kd=spec.kd, resume=True, log=log,
+                    teacher_dir=teacher if word else None),
                 resumable=True, products=_model_files(run / name)))
+    return stages
+
+
+def _evaluation_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
+    from nmt_kd.report import build_report
+
     names = model_names(cfg)
-    for name in names:
-        stages.append(Stage(
-            f"evaluate {name}", "evaluate", run / "eval" / name,
-            {"eval": c["eval"], "decode": c["decode"], "test_set": c["data"]["test_set_name"]},
-            [run / name / "model.keras", run / name / "spm.model"]
-            + _data_files(run, ("valid", "test")) + [Path(expand_path(p)) for p in cfg.eval.blind_sources],
-            run=lambda name=name: evaluate_all(cfg, run, name, log),
-            products=[run / "eval" / name / f"{pre}beam{b}.bs{n}.json"
-                      for pre, sizes in (("", cfg.eval.batch_sizes),
-                                         ("valid.", (max(cfg.eval.batch_sizes),)))
-                      for b in cfg.eval.beams for n in sizes]))
+    blind = [Path(expand_path(p)) for p in cfg.eval.blind_sources]
+    stages = [Stage(
+        f"evaluate {name}", "evaluate", run / "eval" / name,
+        {"eval": c["eval"], "decode": c["decode"], "test_set": c["data"]["test_set_name"]},
+        _weights(cfg, run, name) + [run / name / "spm.model"] + _data_files(run, ("valid", "test")) + blind,
+        run=lambda name=name: evaluate_all(cfg, run, name, log),
+        products=[run / "eval" / name / f"{pre}beam{b}.bs{n}.json"
+                  for pre, sizes in (("", cfg.eval.batch_sizes), ("valid.", (max(cfg.eval.batch_sizes),)))
+                  for b in cfg.eval.beams for n in sizes]) for name in names]
     stages.append(Stage(
         "report", "report", run / "report", {"eval": c["eval"]},
         [run / "eval" / name / "done.json" for name in names],

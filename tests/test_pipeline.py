@@ -180,3 +180,27 @@ def test_blind_sources_are_translated_line_for_line_and_collected(tmp_path):
     (run / "eval/teacher/blind/test_2017_flickr.beam5.txt").write_text("A DOG\n", encoding="utf-8")
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode != 0 and "1 lines for 3 source lines" in bad.stderr
+
+
+def test_teacher_seeds_and_an_ensemble_kd_teacher(pipeline_tree, tmp_path):
+    """Two teacher seeds, their ensemble as the KD teacher of distill and word-KD, every one
+    of them evaluated, and the report's rows: teacher over both seeds, teacher_ensemble."""
+    tree = copy.deepcopy(pipeline_tree)
+    tree["pipeline"].update(teacher_seeds=[4, 5], kd_teacher="ensemble", students=[
+        {"name": "rnn_seq", "arch": "student_rnn", "kd": "seq"},
+        {"name": "rnn_word", "arch": "student_rnn", "kd": "word"}])
+    run = tmp_path / "run"
+    ran = run_pipeline(config_from_dict(tree), run, log=quiet)
+    assert ran == ["prepare", "vocab", "teacher", "teacher.seed5", "teacher_ensemble", "distill",
+                   "student rnn_seq", "student rnn_word", "evaluate teacher", "evaluate teacher.seed5",
+                   "evaluate teacher_ensemble", "evaluate rnn_seq", "evaluate rnn_word", "report"]
+    assert [json.loads((run / n / "model.json").read_text())["seed"] for n in ("teacher", "teacher.seed5")] == [4, 5]
+    members = json.loads((run / "teacher_ensemble/ensemble.json").read_text())["members"]
+    assert [p.rsplit("/", 1)[-1] for p in members] == ["teacher", "teacher.seed5"]
+    rows = {r["name"]: r for r in json.loads((run / "report/metrics.json").read_text())["rows"]}
+    assert rows["teacher"]["seeds"] == [4, 5] and rows["teacher_ensemble"]["arch"] == "ensemble"
+    assert [p.rsplit("/", 1)[-1] for p in rows["teacher_ensemble"]["members"]] == ["teacher", "teacher.seed5"]
+    # the single teachers' models are the ensemble's inputs: retraining one redoes the ensemble
+    tree["train"]["learning_rate"] = 0.002
+    again = run_pipeline(config_from_dict(tree), run, log=quiet, until="distill")
+    assert again == ["teacher", "teacher.seed5", "teacher_ensemble", "distill"]
