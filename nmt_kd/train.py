@@ -2,7 +2,9 @@
 
 Reads:  RUN/data/{train,valid}.{src,tgt} (or RUN/distill/train.{src,tgt} for seq-KD),
         RUN/vocab/spm.model, and for word-KD the teacher's model directory.
-Writes: RUN/<name>/checkpoints/ (last K and best/), RUN/<name>/logs/ (TensorBoard),
+Writes: RUN/encoded/{train,distill-train}-<hash>/ (the training split as memory-mapped token
+        shards, `nmt_kd.shards`; reused by every model trained on the same text and vocabulary),
+        RUN/<name>/checkpoints/ (last K and best/), RUN/<name>/logs/ (TensorBoard),
         RUN/<name>/{model.keras, spm.model, model.json, train_history.json, config.yaml}.
 
 A resumed run (`resume=True`) restores the model, the optimizer (so the learning-rate
@@ -31,6 +33,7 @@ from nmt_kd.errors import UserError
 from nmt_kd.fileio import read_lines, write_json
 from nmt_kd.losses import label_smoothed_ce
 from nmt_kd.models.registry import build_model, save_model_dir
+from nmt_kd.shards import ShardStream, encode_corpus
 from nmt_kd.tokenizer import Tokenizer
 
 
@@ -127,17 +130,60 @@ def data_sha256(run_dir: Path, splits: tuple[str, ...] = ("train",), distilled: 
     return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
-def load_pairs(run_dir: Path, split: str, distilled: bool = False) -> tuple[list[str], list[str]]:
-    base = run_dir / ("distill" if distilled else "data")
+def pair_files(run_dir: Path, split: str, distilled: bool = False) -> tuple[Path, Path]:
+    """The split's two text files, checked to exist and to have as many lines each."""
+    from nmt_kd.fileio import count_lines
+
+    base = Path(run_dir) / ("distill" if distilled else "data")
     src, tgt = base / f"{split}.src", base / f"{split}.tgt"
     for p in (src, tgt):
         if not p.is_file():
             hint = "run `nmt-kd distill` first" if distilled else "run `nmt-kd prepare` first"
             raise UserError(f"{p} not found; {hint}")
-    s, t = read_lines(src), read_lines(tgt)
-    if len(s) != len(t):
-        raise UserError(f"{src} has {len(s)} lines but {tgt} has {len(t)}; refusing misaligned data")
-    return s, t
+    n_src, n_tgt = count_lines(src), count_lines(tgt)
+    if n_src != n_tgt:
+        raise UserError(f"{src} has {n_src} lines but {tgt} has {n_tgt}; refusing misaligned data")
+    return src, tgt
+
+
+def load_pairs(run_dir: Path, split: str, distilled: bool = False) -> tuple[list[str], list[str]]:
+    src, tgt = pair_files(run_dir, split, distilled)
+    return read_lines(src), read_lines(tgt)
+
+
+INPUT_PATHS = ("shards", "memory")
+
+
+def training_stream(run_dir: Path, tokenizer: Tokenizer, tc, distilled: bool, role,
+                    input_path: str = "shards", log: Callable[[str], None] = print):
+    """The encoded training pairs and their batch stream.
+
+    `shards` (the default): RUN/encoded/<split>-<hash>/, memory-mapped token shards (encoded
+    once, reused while the text and spm.model are unchanged; a non-chief worker encodes into
+    a scratch directory of its own), read through `tf.data` (`ShardStream`). `memory`: every
+    sentence as a numpy array (`encode_pairs`) and `BatchStream`. Both give the same batches.
+    """
+    if input_path not in INPUT_PATHS:
+        raise UserError(f"input path must be one of {', '.join(INPUT_PATHS)}, got {input_path!r}")
+    src, tgt = pair_files(run_dir, "train", distilled)
+    if input_path == "memory":
+        pairs = encode_pairs(tokenizer, read_lines(src), read_lines(tgt), tc.max_len)
+        return pairs, BatchStream(pairs, tc.max_tokens, seed=tc.seed)
+    root = (run_dir / "encoded" if role.is_chief
+            else Path(tempfile.mkdtemp(prefix=f"nmt_kd_worker{role.task_index}_encoded_")))
+    pairs = encode_corpus(tokenizer, src, tgt, tc.max_len, root,
+                          "distill-train" if distilled else "train", log=log)
+    return pairs, ShardStream(pairs, tc.max_tokens, seed=tc.seed)
+
+
+def epoch_batches(stream, epoch: int, start: int):
+    """`(pair indices, src, tgt_in, tgt_out)` of an epoch's batches from batch `start` on."""
+    if isinstance(stream, ShardStream):
+        for idx, src, tgt_in, tgt_out in stream.dataset(epoch, start):
+            yield idx.numpy(), src, tgt_in, tgt_out
+    else:
+        for idx, ((src, tgt_in), tgt_out) in stream.iter_indexed(epoch, start):
+            yield idx, src, tgt_in, tgt_out
 
 
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
@@ -352,7 +398,7 @@ def train_model(
     cfg: Config, run_dir: str | Path, arch: str = "teacher", name: str | None = None,
     kd: str = "none", resume: bool = False, log: Callable[[str], None] = print,
     loss_fn: LossFn | None = None, distilled_data: bool = False, meta: dict | None = None,
-    teacher_dir: str | Path | None = None,
+    teacher_dir: str | Path | None = None, input_path: str = "shards",
 ) -> TrainResult:
     """Train `arch` on the run's data; the final model goes to RUN/<name>/.
 
@@ -360,7 +406,7 @@ def train_model(
     modes use the teacher in `teacher_dir` (default RUN/teacher), online on each batch or,
     with `distill.teacher_mode: offline`, through a stored top-k (`nmt_kd.topk`).
     `loss_fn(logits, tgt_out, src, tgt_in) -> (loss_sum, n_tokens)` replaces the loss
-    (tests inject faults with it).
+    (tests inject faults with it). `input_path`: see `training_stream`.
     """
     from nmt_kd.distributed import make_strategy, strategy_role
 
@@ -372,25 +418,23 @@ def train_model(
         log = lambda _m: None  # noqa: E731  (the chief reports for the job)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         return _train_model(cfg, Path(run_dir), arch, name or arch, kd, resume, log, loss_fn,
-                            distilled_data, meta, teacher_dir, tc, strategy, role)
+                            distilled_data, meta, teacher_dir, tc, strategy, role, input_path)
 
 
 def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_data, meta,
-                 teacher_dir, tc, strategy, role) -> TrainResult:
+                 teacher_dir, tc, strategy, role, input_path="shards") -> TrainResult:
     out = run_dir / name
     tokenizer = Tokenizer(run_dir / "vocab" / "spm.model")
     set_precision(tc.precision)
     keras.utils.set_random_seed(tc.seed)
 
     distilled_data = distilled_data or kd in ("seq", "seq+word")
-    train_src, train_tgt = load_pairs(run_dir, "train", distilled_data)
-    pairs = encode_pairs(tokenizer, train_src, train_tgt, tc.max_len)
+    pairs, stream = training_stream(run_dir, tokenizer, tc, distilled_data, role, input_path, log)
     if len(pairs) == 0:
         section = "train" if arch == "teacher" else "student_train"
         raise UserError(f"no training pair fits {section}.max_len={tc.max_len} tokens")
     valid_src, valid_tgt = load_pairs(run_dir, "valid")
     valid_pairs = encode_pairs(tokenizer, valid_src, valid_tgt, 10**9)
-    stream = BatchStream(pairs, tc.max_tokens, seed=tc.seed)
     topk_store = None
     if kd in ("word", "seq+word") and loss_fn is None:
         dc = cfg.distill
@@ -555,7 +599,7 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
     while reason is None:
         epoch = int(epoch_var.numpy())
         start = int(batch_var.numpy())
-        for idx, ((src, tgt_in), tgt_out) in stream.iter_indexed(epoch, start):
+        for idx, src, tgt_in, tgt_out in epoch_batches(stream, epoch, start):
             extra = topk_store.batch(idx, tgt_out.shape[1]) if topk_store else ()
             loss, ntok, finite = train_step(src, tgt_in, tgt_out, *extra)
             batch_var.assign_add(1)

@@ -170,3 +170,24 @@ def test_sharded_pairs_serve_the_offline_topk_store(corpus, tmp_path):
     _, _, _, _, old, new = corpus
     assert pairs_fingerprint(new) == pairs_fingerprint(old)
     assert isinstance(ShardedPairs(new.dir), ShardedPairs)
+
+
+def test_training_through_the_shards_gives_the_old_paths_losses(tiny_run, tmp_path):
+    """Same seed, same batches: the first losses through tf.data and the shards equal those
+    of the in-memory path, and the shards were written once under RUN/encoded/."""
+    from conftest import clone_run
+
+    from nmt_kd.config import config_from_dict
+    from nmt_kd.train import train_model
+
+    run, tree = clone_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=8, eval_every=0, checkpoint_every=0, max_tokens=128)
+    cfg = config_from_dict(tree)
+    logs = []
+    new = train_model(cfg, run, "teacher", name="new", log=logs.append)
+    old = train_model(cfg, run, "teacher", name="old", log=logs.append, input_path="memory")
+    assert len(new.losses) == len(old.losses) == 8
+    np.testing.assert_allclose(new.losses, old.losses, rtol=1e-6)
+    (encoded,) = (run / "encoded").iterdir()
+    assert encoded.name.startswith("train-") and (encoded / "manifest.json").is_file()
+    assert sum(m.startswith("encoded ") for m in logs) == 1
