@@ -254,8 +254,11 @@ def batch_plan(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int
     order = np.lexsort((tie, longest))
     del tie
     order = order.astype(np.int32) if n < 1 << 31 else order
-    widths = longest[order].astype(np.int64)
-    widths = -(-widths // PAD_MULTIPLE) * PAD_MULTIPLE
+    widths = longest[order].astype(np.int32)
+    del longest
+    widths += PAD_MULTIPLE - 1
+    widths //= PAD_MULTIPLE  # in place: the plan's peak memory is a few bytes per pair
+    widths *= PAD_MULTIPLE
     starts = _pack(widths, max_tokens)
     del widths
     bounds = np.append(starts, n)
@@ -263,10 +266,8 @@ def batch_plan(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int
         return order, bounds
     perm = np.arange(len(starts))
     rng.shuffle(perm)
-    sizes = np.diff(bounds)[perm]
-    gather = np.repeat(starts[perm] - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes)
-    order = order[np.arange(n) + gather]
-    return order, np.concatenate(([0], np.cumsum(sizes)))
+    shuffled = np.concatenate([order[bounds[b]:bounds[b + 1]] for b in perm])
+    return shuffled, np.concatenate(([0], np.cumsum(np.diff(bounds)[perm])))
 
 
 def _pack(widths: np.ndarray, max_tokens: int) -> np.ndarray:
