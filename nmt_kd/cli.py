@@ -67,15 +67,44 @@ def cmd_pipeline(args) -> int:
     cfg = _load(args)
     run = _run_dir(args, cfg)
     t0 = time.time()
+    lanes = _start_lanes(args, run) if args.lanes > 1 else []
     run_pipeline(cfg, run, until=args.until, force=tuple(args.force), adopt=args.adopt)
+    for k, (proc, log_path) in enumerate(lanes, start=2):
+        if proc.wait() != 0:
+            raise UserError(f"pipeline lane {k} failed (exit {proc.returncode}); see {log_path}")
     metrics = run / "report" / "metrics.json"
-    if metrics.is_file() and (args.until in (None, "report")):
+    if metrics.is_file() and (args.until in (None, "report")) and not args.lane:
         from nmt_kd.fileio import read_json
         from nmt_kd.report import terminal_summary
 
         print(terminal_summary(read_json(metrics), run / "report" / "report.html",
                                time.time() - t0))
     return 0
+
+
+def _start_lanes(args, run: Path) -> list:
+    """`--lanes N`: N-1 more processes run the same pipeline (stage locks keep them apart),
+    each logging to RUN/lanes/laneK.log; each lane gets its share of the cores."""
+    import subprocess
+
+    argv, skip = [], False
+    for a in args.argv:  # the same command without --lanes, --force and --adopt (lane 1's)
+        if skip:
+            skip = False
+        elif a in ("--lanes", "--force"):
+            skip = True
+        elif not (a.startswith("--lanes=") or a.startswith("--force=") or a == "--adopt"):
+            argv.append(a)
+    argv.append("--lane")
+    (run / "lanes").mkdir(parents=True, exist_ok=True)
+    procs = []
+    for k in range(2, args.lanes + 1):
+        log_path = run / "lanes" / f"lane{k}.log"
+        with open(log_path, "a", encoding="utf-8") as log:
+            procs.append((subprocess.Popen([sys.executable, "-m", "nmt_kd.cli", *argv], stdout=log,
+                                           stderr=subprocess.STDOUT, env=os.environ.copy()), log_path))
+    print(f"pipeline: {args.lanes} lanes (lanes 2..{args.lanes} log to {run / 'lanes'})", flush=True)
+    return procs
 
 
 def cmd_train(args) -> int:
@@ -389,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adopt", action="store_true",
                    help="record finished output made by the step-by-step commands (a stage's "
                    "final files present, never run by the pipeline) as done instead of redoing it")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="run the stages in N processes at once (stage locks keep them apart; "
+                   "each gets cores/N intra-op threads): students and evaluations run side by side")
+    p.add_argument("--lane", action="store_true", help=argparse.SUPPRESS)  # a secondary lane
     p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("bench", help="decoding speed of several models side by side in one run")
     _add_config_args(p)
@@ -484,9 +517,15 @@ def start_tensorflow(verbose: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    lanes = getattr(args, "lanes", 1) or 1
+    if lanes > 1 or getattr(args, "lane", False):  # before TensorFlow starts: it reads these once
+        share = str(max(1, (os.cpu_count() or 1) // max(lanes, 2)))
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", share)
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     start_tensorflow(getattr(args, "verbose", False))
     try:
         return int(args.func(args) or 0)

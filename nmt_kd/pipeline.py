@@ -10,6 +10,7 @@ when its config or inputs changed, its old output is removed and it starts over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -329,46 +330,91 @@ def translate_blind(cfg: Config, out: Path, translator, beam: int,
 
 def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
                  force: tuple[str, ...] = (), log: Callable[[str], None] = print,
-                 adopt: bool = False) -> list[str]:
+                 adopt: bool = False, poll_s: float = 2.0) -> list[str]:
     """Run every stage that is not done; returns the names of the stages that ran.
 
     With `adopt`, a stage that never ran in the pipeline (no done.json, no started.json)
     but whose final files exist (made by `nmt-kd prepare/train/distill/evaluate` by hand)
     is recorded as done with the current hash instead of being run again. Its output is
     taken as it is: nothing checks that it was made with this config (the log says so).
+
+    Several processes may run the same pipeline at once (`nmt-kd pipeline --lanes N`): each
+    stage is claimed with a lock file (RUN/.locks/), a lane skips a stage another lane
+    holds and goes on with any later stage whose producing stages it has passed, and it
+    waits (`poll_s`) only when every stage left is held or waits on a held one.
     """
     run = Path(run_dir)
     for name in (until, *force):
         if name is not None and name not in STAGES:
             raise UserError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     save_config(cfg, run / "config.yaml")
-    ran = []
-    for stage in build_stages(cfg, run, log):
-        if until and STAGES.index(stage.group) > STAGES.index(until):
+    stages = [s for s in build_stages(cfg, run, log)
+              if not until or STAGES.index(s.group) <= STAGES.index(until)]
+    ran, pending = [], list(stages)
+    while pending:
+        for stage in [s for s in pending if not _producers(s, pending)]:
+            with _claim(run, stage) as mine:
+                if not mine:
+                    continue
+                if _run_stage(stage, run, force, adopt, log):
+                    ran.append(stage.name)
+            pending.remove(stage)
             break
-        fingerprint = stage_hash(stage, run)
-        done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
-        if stage.group not in force and done_file.is_file() and read_json(done_file).get("hash") == fingerprint:
-            log(f"== {stage.name}: unchanged since {read_json(done_file).get('finished')}, skipped")
-            continue
-        if (adopt and stage.products and not done_file.is_file() and not started_file.is_file()
-                and stage.group not in force and all(p.is_file() for p in stage.products)):
-            write_json(done_file, {"stage": stage.name, "hash": fingerprint, "adopted": True,
-                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            log(f"== {stage.name}: adopted the existing output (made outside the pipeline; "
-                "taken as made with this config)")
-            continue
-        stale = done_file.is_file() or (started_file.is_file() and read_json(started_file).get("hash") != fingerprint)
-        if (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():
-            log(f"== {stage.name}: config or inputs changed; starting it over")
-            shutil.rmtree(stage.out_dir)
-        done_file.unlink(missing_ok=True)
-        write_json(started_file, {"hash": fingerprint})
-        log(f"== {stage.name}")
-        t0 = time.time()
-        stage.run()
-        write_json(done_file, {"stage": stage.name, "hash": fingerprint,
-                               "seconds": round(time.time() - t0, 1),
-                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        ran.append(stage.name)
+        else:
+            time.sleep(poll_s)  # every ready stage is held by another lane
     return ran
+
+
+def _producers(stage: Stage, pending: list[Stage]) -> list[Stage]:
+    """The stages still pending in this lane that write a file `stage` reads."""
+    return [s for s in pending if s is not stage
+            and any(p.is_relative_to(s.out_dir) for p in stage.inputs)]
+
+
+@contextlib.contextmanager
+def _claim(run: Path, stage: Stage):
+    """Yields True while this process holds the stage's lock (never blocks), else False."""
+    import fcntl
+
+    path = run / ".locks" / (stage.name.replace(" ", "_").replace("/", "_") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
+               log: Callable[[str], None]) -> bool:
+    """Skip, adopt or run one stage (its lock held); True when it ran."""
+    fingerprint = stage_hash(stage, run)
+    done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
+    if stage.group not in force and done_file.is_file() and read_json(done_file).get("hash") == fingerprint:
+        log(f"== {stage.name}: unchanged since {read_json(done_file).get('finished')}, skipped")
+        return False
+    if (adopt and stage.products and not done_file.is_file() and not started_file.is_file()
+            and stage.group not in force and all(p.is_file() for p in stage.products)):
+        write_json(done_file, {"stage": stage.name, "hash": fingerprint, "adopted": True,
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log(f"== {stage.name}: adopted the existing output (made outside the pipeline; "
+            "taken as made with this config)")
+        return False
+    stale = done_file.is_file() or (started_file.is_file() and read_json(started_file).get("hash") != fingerprint)
+    if (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():
+        log(f"== {stage.name}: config or inputs changed; starting it over")
+        shutil.rmtree(stage.out_dir)
+    done_file.unlink(missing_ok=True)
+    write_json(started_file, {"hash": fingerprint})
+    log(f"== {stage.name}")
+    t0 = time.time()
+    stage.run()
+    write_json(done_file, {"stage": stage.name, "hash": fingerprint,
+                           "seconds": round(time.time() - t0, 1),
+                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return True

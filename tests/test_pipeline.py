@@ -204,3 +204,40 @@ def test_teacher_seeds_and_an_ensemble_kd_teacher(pipeline_tree, tmp_path):
     tree["train"]["learning_rate"] = 0.002
     again = run_pipeline(config_from_dict(tree), run, log=quiet, until="distill")
     assert again == ["teacher", "teacher.seed5", "teacher_ensemble", "distill"]
+
+
+def test_two_lanes_run_every_stage_once_and_side_by_side(pipeline_tree, tmp_path):
+    """`nmt-kd pipeline --lanes 2`: two processes share the stages through lock files; every
+    stage runs exactly once over both, both lanes train something, and the run is complete."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    tree = copy.deepcopy(pipeline_tree)
+    tree["pipeline"]["students"] = [
+        {"name": "rnn_none", "arch": "student_rnn", "kd": "none", "seeds": [1, 2]},
+        {"name": "rnn_seq", "arch": "student_rnn", "kd": "seq", "seeds": [1, 2]}]
+    tree["student_train"]["max_steps"] = 30
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(tree))
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "nmt_kd.cli", "pipeline", "-c", str(cfg_file),
+                           "--run-dir", str(run), "--lanes", "2"], capture_output=True, text=True,
+                          timeout=1800, stdin=subprocess.DEVNULL)
+    lane2 = (run / "lanes/lane2.log").read_text()
+    assert proc.returncode == 0, proc.stderr[-3000:] + lane2[-3000:]
+
+    def started(text):  # stages a lane ran: "== NAME" alone on its line
+        return [line[3:] for line in text.splitlines() if line.startswith("== ") and ":" not in line]
+
+    one, two = started(proc.stdout + proc.stderr), started(lane2)
+    expected = (["prepare", "vocab", "teacher", "distill"]
+                + [f"student {r}.seed{k}" for r in ("rnn_none", "rnn_seq") for k in (1, 2)]
+                + [f"evaluate {n}" for n in ("teacher", "rnn_none.seed1", "rnn_none.seed2",
+                                             "rnn_seq.seed1", "rnn_seq.seed2")] + ["report"])
+    assert sorted(one + two) == sorted(expected)  # each exactly once
+    assert any(s.startswith("student") for s in one) and any(s.startswith("student") for s in two)
+    rows = {r["name"]: r for r in json.loads((run / "report/metrics.json").read_text())["rows"]}
+    assert rows["rnn_seq"]["seeds"] == [1, 2] and rows["rnn_none"]["seeds"] == [1, 2]
+    assert "report:" in proc.stdout  # lane 1 ends with the summary
