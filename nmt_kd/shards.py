@@ -240,27 +240,32 @@ def batch_plan(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int
     """`dataset.token_batches` as two arrays: batch `b` is `order[bounds[b]:bounds[b + 1]]`.
 
     The same random draws in the same order (the ties, then the shuffle of the batches), the
-    same length sort and the same greedy packing, so the batches are identical; but the
-    packing walks batches, not sentences (numpy over runs of equal padded width), and the
-    order is returned already shuffled (int32 when it fits).
+    same sort (by length, then tie, then index) and the same greedy packing, so the batches
+    are identical. But the sort is a stable sort by length then one sort of ties per length,
+    the packing walks batches, not sentences (numpy over runs of equal padded width), and
+    the order is returned already shuffled (int32 when it fits): about 14 bytes per pair at
+    the peak, 4 kept.
     """
     n = len(src_lengths)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(1, np.int64)
     longest = np.maximum(src_lengths, tgt_lengths)
-    longest = longest.astype(np.uint16 if longest.max() < 1 << 16 else np.int64)
-    rng = np.random.default_rng([seed, epoch])
-    tie = rng.random(n) if shuffle else np.arange(n) / n
-    order = np.lexsort((tie, longest))
-    del tie
-    order = order.astype(np.int32) if n < 1 << 31 else order
-    widths = longest[order].astype(np.int32)
+    small = longest.max() < 1 << 16
+    longest = longest.astype(np.uint16 if small else np.int64)
+    if small:
+        counts = np.bincount(longest)
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    else:
+        values, counts = np.unique(longest, return_counts=True)
+    order = np.argsort(longest, kind="stable")
     del longest
-    widths += PAD_MULTIPLE - 1
-    widths //= PAD_MULTIPLE  # in place: the plan's peak memory is a few bytes per pair
-    widths *= PAD_MULTIPLE
-    starts = _pack(widths, max_tokens)
-    del widths
+    order = order.astype(np.int32) if n < 1 << 31 else order
+    rng = np.random.default_rng([seed, epoch])
+    if shuffle:  # without shuffling the ties are the index: the stable sort's order already
+        _sort_groups(order, rng.random(n), counts.tolist())
+    widths = -(-values.astype(np.int64) // PAD_MULTIPLE) * PAD_MULTIPLE
+    starts = _pack(widths, np.cumsum(counts), max_tokens)
     bounds = np.append(starts, n)
     if not shuffle:
         return order, bounds
@@ -270,18 +275,28 @@ def batch_plan(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int
     return shuffled, np.concatenate(([0], np.cumsum(np.diff(bounds)[perm])))
 
 
-def _pack(widths: np.ndarray, max_tokens: int) -> np.ndarray:
-    """Greedy packing of length-sorted padded widths: the start of every batch.
+def _sort_groups(order: np.ndarray, tie: np.ndarray, counts: list[int]) -> None:
+    """Within each run of equal length (`counts`, in order), sort `order` by `tie` (stable)."""
+    lo = 0
+    for c in counts:
+        if c > 1:
+            group = order[lo:lo + c]
+            group[:] = group[np.argsort(tie[group], kind="stable")]
+        lo += c
 
-    A batch from `s` takes every next example while `width * count <= max_tokens` (a lone
-    example may exceed it). Widths only grow along the sort, so within a run of equal width W
-    the batch can reach `s + max_tokens // W`; one step per batch and per run it spans.
+
+def _pack(widths: np.ndarray, ends: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Greedy packing of length-sorted examples: the start of every batch.
+
+    Groups of examples of padded width `widths[g]` end at `ends[g]` (widths ascending). A
+    batch from `s` takes every next example while `width * count <= max_tokens` (a lone
+    example may exceed it). Widths only grow along the sort, so within a run of equal width
+    W the batch can reach `s + max_tokens // W`; one step per batch and per run it spans.
     """
-    n = len(widths)
-    change = np.flatnonzero(np.diff(widths)) + 1
-    run_lo = np.concatenate(([0], change)).tolist()
-    run_hi = np.concatenate((change, [n])).tolist()
-    run_w = widths[run_lo].tolist()
+    keep = np.append(np.diff(widths) != 0, True)  # merge groups of equal padded width
+    run_w, run_hi = widths[keep].tolist(), ends[keep].tolist()
+    run_lo = [0] + run_hi[:-1]
+    n = run_hi[-1]
     starts, s, k = [], 0, 0
     while s < n:
         while run_hi[k] <= s:
