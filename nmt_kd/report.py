@@ -242,7 +242,9 @@ def headline(groups: list[dict], sig: list[dict]) -> str | None:
         return None
     batch = max((int(k.split("bs")[-1]) for k in mean if k.startswith("speedup_bs")), default=None)
     seeds = len(pick["seeds"])
-    text = (f"The distilled {pick['name']} student ({pick['arch']}, {pick['kd']}-KD, "
+    chosen = ("best greedy BLEU on valid" if mean["bleu_greedy_valid"] is not None
+              else "no valid scores in this run: best greedy BLEU on test")
+    text = (f"The distilled {pick['name']} student ({chosen}; {pick['arch']}, {pick['kd']}-KD, "
             f"{pick['params']:,} parameters{f', mean of {seeds} seeds' if seeds > 1 else ''}) "
             f"keeps {100 * pick['bleu_greedy'] / t_beam:.1f}% of the teacher's BLEU with greedy "
             f"decoding ({pick['bleu_greedy']:.2f} against the teacher's {t_beam:.2f} with beam {beam} on test)")

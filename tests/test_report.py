@@ -92,7 +92,8 @@ def test_report_rows_over_seeds_ratios_holm_and_self_contained_html(tmp_path):
     assert s["p_kd_vs_none"] == max(sig[(f"rnn_seq.seed{k}", f"rnn_none.seed{k}", "greedy")]["p_holm"]
                                     for k in (1, 2))
     assert "bs:1000" in metrics["significance"][0]["signature"]
-    assert metrics["headline"].startswith("The distilled rnn_seq student") and "p = " in metrics["headline"]
+    assert metrics["headline"].startswith("The distilled rnn_seq student (best greedy BLEU on valid;")
+    assert "p = " in metrics["headline"]
     md = (run / "report/report.md").read_text()
     assert "| rnn_seq | student_rnn | seq |" in md and "nrefs:1" in md and "## Examples" in md
     assert "greedy vs teacher greedy bs8" in md and "beam 4 vs teacher beam 4 bs8" in md
