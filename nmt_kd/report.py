@@ -352,7 +352,12 @@ def _plots(run: Path, groups: list[dict], buckets: dict, out: Path) -> list[Path
     a1.set_ylabel("loss")
     a2.set_xlabel("step")
     a2.set_ylabel("valid BLEU (greedy)")
-    if not a2.get_lines():
+    histories = [n for n in first_models(groups) if (run / n / "train_history.json").is_file()]
+    if not histories:  # e.g. a report rebuilt from committed results, without the run's models
+        for axis in (a1, a2):
+            axis.text(0.5, 0.5, "no train_history.json in\nthis run directory", ha="center",
+                      va="center", transform=axis.transAxes, fontsize=9, color="gray")
+    elif not a2.get_lines():
         a2.text(0.5, 0.5, "no validation BLEU recorded\n(train.eval_every: 0, or\nearly_stop_metric: loss)",
                 ha="center", va="center", transform=a2.transAxes, fontsize=9, color="gray")
     for axis in (a1, a2):
