@@ -17,6 +17,7 @@ Building the run (tokenizer, models) is not timed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -79,7 +80,7 @@ def hypotheses(srcs: list[str], refs: list[str], k: int) -> list[str]:
     return out
 
 
-def build_run(root: Path, n_sentences: int, n_models: int) -> tuple[Path, str]:
+def build_run(root: Path, n_sentences: int, n_models: int, shapes: str | None = None) -> tuple[Path, str]:
     from nmt_kd.config import config_from_dict
     from nmt_kd.models.registry import build_model, save_model_dir
     from nmt_kd.tokenizer import Tokenizer, train_tokenizer
@@ -89,7 +90,14 @@ def build_run(root: Path, n_sentences: int, n_models: int) -> tuple[Path, str]:
     for split, (s, t) in {"train": (train_src, train_tgt), "test": (test_src, test_tgt)}.items():
         write_lines(run / f"data/{split}.src", s)
         write_lines(run / f"data/{split}.tgt", t)
-    cfg = config_from_dict(TINY)
+    if shapes:  # the models of a real config (untrained: QE's cost does not depend on training)
+        from nmt_kd.config import load_config
+
+        real = load_config(shapes)
+        cfg = config_from_dict({"vocab": {"size": real.vocab.size}})
+        cfg = dataclasses.replace(cfg, model=real.model)
+    else:
+        cfg = config_from_dict(TINY)
     tok = Tokenizer(train_tokenizer(cfg.vocab, run / "data/train.src", run / "data/train.tgt",
                                     run / "vocab"))
     archs = ["teacher"] + ["student_rnn", "student_cnn"] * n_models
@@ -109,6 +117,9 @@ def main() -> int:
     parser.add_argument("--models", type=int, default=9)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--out", help="JSON with the timings")
+    parser.add_argument("--shapes", metavar="CONFIG",
+                        help="build the models with this config's model section and vocabulary "
+                        "size (e.g. configs/multi30k_en_de.yaml) instead of tiny ones")
     args = parser.parse_args()
 
     from nmt_kd.analysis import analyze_run, detect_wrong_language
@@ -116,7 +127,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run, data = build_run(Path(tmp), args.sentences, args.models)
+        run, data = build_run(Path(tmp), args.sentences, args.models, args.shapes)
         print(f"built the run ({data}) in {time.perf_counter() - t0:.1f}s (not timed)")
         rows = load_rows(run)
         timings = {}
@@ -129,6 +140,7 @@ def main() -> int:
                   f"{timings[label]:.2f}s ({len(page) / 2**20:.1f} MiB of HTML)")
     if args.out:
         write_json(args.out, {"data": data, "models": args.models, "sentences": args.sentences,
+                              "shapes": args.shapes or "tiny",
                               "bootstrap": args.bootstrap, "seconds": timings,
                               "cpus": os.cpu_count()})
     return 0
