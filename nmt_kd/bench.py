@@ -139,14 +139,9 @@ def cpu_peak_flops(precision: str, cores: int | None = None, ghz: float | None =
 
     cores = cores or os.cpu_count() or 1
     if ghz is None:
-        ghz = 0.0
-        try:
-            for line in open("/proc/cpuinfo", encoding="utf-8"):
-                if line.startswith("cpu MHz"):
-                    ghz = float(line.split(":")[1]) / 1000
-                    break
-        except OSError:
-            pass
+        from nmt_kd.fileio import cpuinfo
+
+        ghz = float(cpuinfo("cpu MHz") or 0.0) / 1000
     per_cycle = PEAK_FLOPS_PER_CYCLE.get(precision, PEAK_FLOPS_PER_CYCLE["fp32"])
     return {"cores": cores, "ghz": round(ghz, 3), "flops_per_cycle": per_cycle,
             "peak_gflops": round(cores * ghz * per_cycle, 1)}

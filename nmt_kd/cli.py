@@ -7,7 +7,6 @@ with exit code 2; any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 import time
@@ -476,14 +475,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Write errors that mean "no room for this output": reported in one line, not as a bug.
-_FULL = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file too large (the file system's or the process's file-size limit, ulimit -f)",
-}
-
-
 def start_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow and let it probe for devices with file descriptor 2 held in a
     temporary file: its start-up lines ("oneDNN custom operations are on", "Could not find
@@ -533,10 +524,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nmt-kd: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in _FULL:
+        from nmt_kd.fileio import NO_ROOM
+
+        if e.errno not in NO_ROOM:
             raise
         where = f" while writing {e.filename}" if e.filename else ""
-        print(f"nmt-kd: error: {_FULL[e.errno]}{where}; files from earlier stages "
+        print(f"nmt-kd: error: {NO_ROOM[e.errno]}{where}; files from earlier stages "
               "are intact (outputs are written to temporary files and renamed when complete)",
               file=sys.stderr)
         return 2

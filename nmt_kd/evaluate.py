@@ -74,15 +74,9 @@ def score_files(hyp: str, ref: str, baselines: list[str] = (), n_samples: int = 
 def machine_info() -> dict:
     import tensorflow as tf
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from nmt_kd.fileio import cpuinfo
+
+    cpu = cpuinfo("model name") or platform.processor() or platform.machine()
     return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__,
             "python": platform.python_version()}
 

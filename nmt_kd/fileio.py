@@ -16,7 +16,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write that failed for lack of room
+# Write errors that mean "no room for this output" (reported in one line, not as a bug)
+NO_ROOM = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (the file system's or the process's file-size limit, ulimit -f)",
+}
 
 
 @contextlib.contextmanager
@@ -36,7 +41,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in _NO_ROOM and e.filename is None:
+        if isinstance(e, OSError) and e.errno in NO_ROOM and e.filename is None:
             e.filename = str(path)  # a failed write() names no file; say which output it was
         raise
 
@@ -104,7 +109,7 @@ def staged_files(directory: str | os.PathLike, last: str = "manifest.json") -> I
         for name in sorted(names, key=lambda n: n == last):
             os.replace(staging / name, directory / name)
     except OSError as e:
-        if e.errno in _NO_ROOM and e.filename and Path(e.filename).parent == staging:
+        if e.errno in NO_ROOM and e.filename and Path(e.filename).parent == staging:
             e.filename = str(directory / Path(e.filename).name)  # name the output, not the staging copy
         raise
     finally:
@@ -161,3 +166,15 @@ def count_lines(path: str | os.PathLike, chunk: int = 1 << 20) -> int:
             n += block.count(b"\n")
             last = block[-1:]
     return n + (last != b"\n")
+
+
+def cpuinfo(field: str) -> str | None:
+    """The first value of `field` in /proc/cpuinfo ("model name", "cpu MHz"), or None."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
