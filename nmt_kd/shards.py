@@ -235,35 +235,38 @@ def _padded_rows(flat, starts, lengths, extra: int, end_id: int = 0) -> np.ndarr
     return out
 
 
+PLAN_CHUNK = 1 << 18
+
+
 def batch_plan(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, seed: int = 0,
-               epoch: int = 0, shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               epoch: int = 0, shuffle: bool = True, scratch=None,
+               chunk: int = PLAN_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """`dataset.token_batches` as two arrays: batch `b` is `order[bounds[b]:bounds[b + 1]]`.
 
     The same random draws in the same order (the ties, then the shuffle of the batches), the
     same sort (by length, then tie, then index) and the same greedy packing, so the batches
-    are identical. But the sort is a stable sort by length then one sort of ties per length,
-    the packing walks batches, not sentences (numpy over runs of equal padded width), and
-    the order is returned already shuffled (int32 when it fits): about 14 bytes per pair at
-    the peak, 4 kept.
+    are identical. But the sort is a counting sort by length (in chunks) then one sort of
+    ties per length, the packing walks batches, not sentences (over runs of equal padded
+    width), and the order comes back already shuffled (int32 when it fits). With a
+    `scratch` directory the per-pair arrays (order, ties) are memory-mapped files there,
+    unlinked at once: the plan's anonymous memory is then bounded by a chunk and the
+    largest group of equal length, whatever the corpus size.
     """
     n = len(src_lengths)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(1, np.int64)
-    longest = np.maximum(src_lengths, tgt_lengths)
-    small = longest.max() < 1 << 16
-    longest = longest.astype(np.uint16 if small else np.int64)
-    if small:
-        counts = np.bincount(longest)
-        values = np.flatnonzero(counts)
-        counts = counts[values]
-    else:
-        values, counts = np.unique(longest, return_counts=True)
-    order = np.argsort(longest, kind="stable")
-    del longest
-    order = order.astype(np.int32) if n < 1 << 31 else order
+    counts = _length_counts(src_lengths, tgt_lengths, chunk)
+    order = _scratch_array(n, np.int32 if n < 1 << 31 else np.int64, scratch)
+    _sort_by_length(src_lengths, tgt_lengths, counts, order, chunk)
+    values = np.flatnonzero(counts)
+    counts = counts[values]
     rng = np.random.default_rng([seed, epoch])
     if shuffle:  # without shuffling the ties are the index: the stable sort's order already
-        _sort_groups(order, rng.random(n), counts.tolist())
+        tie = _scratch_array(n, np.float64, scratch)
+        for lo in range(0, n, chunk):  # the same stream as rng.random(n)
+            tie[lo:lo + chunk] = rng.random(min(chunk, n - lo))
+        _sort_groups(order, tie, counts.tolist())
+        del tie
     widths = -(-values.astype(np.int64) // PAD_MULTIPLE) * PAD_MULTIPLE
     starts = _pack(widths, np.cumsum(counts), max_tokens)
     bounds = np.append(starts, n)
@@ -271,8 +274,48 @@ def batch_plan(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int
         return order, bounds
     perm = np.arange(len(starts))
     rng.shuffle(perm)
-    shuffled = np.concatenate([order[bounds[b]:bounds[b + 1]] for b in perm])
-    return shuffled, np.concatenate(([0], np.cumsum(np.diff(bounds)[perm])))
+    shuffled = _scratch_array(n, order.dtype, scratch)
+    new_bounds = np.concatenate(([0], np.cumsum(np.diff(bounds)[perm])))
+    for b, lo in zip(perm.tolist(), new_bounds[:-1].tolist(), strict=True):
+        shuffled[lo:lo + bounds[b + 1] - bounds[b]] = order[bounds[b]:bounds[b + 1]]
+    return shuffled, new_bounds
+
+
+def _scratch_array(n: int, dtype, scratch) -> np.ndarray:
+    """An array of `n` items: a memory-mapped, already unlinked file in `scratch`, or in
+    memory (no scratch directory, or one this process cannot write to)."""
+    if scratch is not None:
+        try:
+            with tempfile.TemporaryFile(dir=scratch, prefix=".plan.") as f:
+                f.truncate(n * np.dtype(dtype).itemsize)
+                return np.memmap(f, dtype, "r+", shape=(n,))  # the mapping outlives the fd
+        except OSError:
+            pass
+    return np.empty(n, dtype)
+
+
+def _length_counts(src_lengths, tgt_lengths, chunk: int) -> np.ndarray:
+    """How many pairs have each longest side length (index: the length)."""
+    counts = np.zeros(1, np.int64)
+    for lo in range(0, len(src_lengths), chunk):
+        c = np.bincount(np.maximum(src_lengths[lo:lo + chunk], tgt_lengths[lo:lo + chunk]))
+        if len(c) > len(counts):
+            counts = np.pad(counts, (0, len(c) - len(counts)))
+        counts[:len(c)] += c
+    return counts
+
+
+def _sort_by_length(src_lengths, tgt_lengths, counts: np.ndarray, out: np.ndarray,
+                    chunk: int) -> None:
+    """`out` = a stable argsort of the longest side length, as a counting sort in chunks."""
+    fill = np.concatenate(([0], np.cumsum(counts)[:-1]))  # next free slot of each length
+    for lo in range(0, len(src_lengths), chunk):
+        vals = np.maximum(src_lengths[lo:lo + chunk], tgt_lengths[lo:lo + chunk])
+        idx = np.argsort(vals, kind="stable")
+        v = vals[idx]
+        rank = np.arange(len(v)) - np.searchsorted(v, v, "left")  # place within its length
+        out[fill[v] + rank] = lo + idx
+        fill += np.bincount(vals, minlength=len(fill))
 
 
 def _sort_groups(order: np.ndarray, tie: np.ndarray, counts: list[int]) -> None:
@@ -280,8 +323,8 @@ def _sort_groups(order: np.ndarray, tie: np.ndarray, counts: list[int]) -> None:
     lo = 0
     for c in counts:
         if c > 1:
-            group = order[lo:lo + c]
-            group[:] = group[np.argsort(tie[group], kind="stable")]
+            group = np.asarray(order[lo:lo + c])
+            order[lo:lo + c] = group[np.argsort(tie[group], kind="stable")]
         lo += c
 
 
@@ -336,7 +379,8 @@ class ShardStream:
         if self._cache is None or self._cache[0] != epoch:
             self._cache = None  # free the previous epoch's plan first
             self._cache = (epoch, batch_plan(self.pairs.src_lengths, self.pairs.tgt_lengths,
-                                             self.max_tokens, self.seed, epoch, self.shuffle))
+                                             self.max_tokens, self.seed, epoch, self.shuffle,
+                                             scratch=getattr(self.pairs, "dir", None)))
         return self._cache[1]
 
     def num_batches(self, epoch: int = 0) -> int:

@@ -111,17 +111,20 @@ def test_a_killed_write_leaves_nothing_that_looks_complete(corpus, tmp_path):
         assert (again.dir / name).read_bytes() == (new.dir / name).read_bytes()
 
 
-def test_batch_plan_equals_token_batches():
+def test_batch_plan_equals_token_batches(tmp_path):
+    """In memory or memory-mapped in a scratch directory, in chunks of any size."""
     rng = np.random.default_rng(1)
-    for _ in range(200):
+    for trial in range(200):
         n = int(rng.integers(0, 300))
         s, t = (rng.integers(1, 70, n).astype(np.int32) for _ in range(2))
         args = (int(rng.integers(8, 700)), int(rng.integers(0, 5)), int(rng.integers(0, 3)),
                 bool(rng.integers(0, 2)))
         old = token_batches(s, t, *args)
-        order, bounds = batch_plan(s, t, *args)
+        kw = {"scratch": tmp_path, "chunk": int(rng.integers(1, 120))} if trial % 2 else {}
+        order, bounds = batch_plan(s, t, *args, **kw)
         new = [order[bounds[b]:bounds[b + 1]] for b in range(len(bounds) - 1)]
         assert [b.tolist() for b in old] == [b.tolist() for b in new]
+    assert list(tmp_path.iterdir()) == []  # the scratch files were unlinked at once
 
 
 def _padded(n):
