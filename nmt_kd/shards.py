@@ -138,7 +138,7 @@ def _write_shards(tokenizer, src_path, tgt_path, max_len, out: Path, chunk_lines
 
 
 def _write_offsets(len_path: Path, off_path: Path, extra: int, n: int,
-                   chunk: int = 1 << 20) -> None:
+                   chunk: int = 1 << 18) -> None:
     """Offsets (int64, n + 1) of sentences of `length + extra` ids, streamed in chunks."""
     lengths = np.memmap(len_path, np.int32, "r", shape=(n,)) if n else np.zeros(0, np.int32)
     total = 0
