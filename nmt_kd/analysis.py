@@ -386,7 +386,9 @@ def model_qe(model_dir: Path, srcs: Sequence[str], hyps: Sequence[str],
     from nmt_kd.errors import UserError
     from nmt_kd.models.registry import load_model_dir
 
-    if not (Path(model_dir) / "model.keras").is_file():
+    from nmt_kd.models.ensemble import is_ensemble_dir
+
+    if not (Path(model_dir) / "model.keras").is_file() and not is_ensemble_dir(model_dir):
         log(f"analysis: no model.keras in {model_dir}; no quality estimate for it")
         return None
     try:

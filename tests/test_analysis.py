@@ -307,3 +307,20 @@ def test_analysis_of_nine_models_is_fast(tiny_run, model_dirs, tmp_path):
     seconds = time.perf_counter() - t0
     assert len(result["models"]) == 9 and len(result["sentence_qe"]) == 9
     assert seconds < 20, seconds
+
+
+def test_qe_of_an_ensemble_is_its_own_log_probability(tiny_run, model_dirs, tmp_path):
+    """An ensemble directory gets a quality estimate too (no model.keras of its own): the
+    length-normalised log-probability under its averaged, renormalised distribution."""
+    from nmt_kd.models.ensemble import create_ensemble_dir
+    from nmt_kd.models.registry import load_model_dir
+
+    run, _ = tiny_run
+    ens = create_ensemble_dir([model_dirs["teacher"], model_dirs["student_rnn"]], tmp_path / "ens")
+    srcs, hyps = read_lines(run / "data/test.src")[:6], read_lines(run / "data/test.tgt")[:6]
+    got = analysis.model_qe(ens, srcs, hyps, log=lambda _m: None)
+    model, tok, _ = load_model_dir(ens)
+    assert got == analysis.qe_scores(model, tok, srcs, hyps)
+    singles = [analysis.model_qe(model_dirs[n], srcs, hyps, log=lambda _m: None)
+               for n in ("teacher", "student_rnn")]
+    assert got != singles[0] and got != singles[1]
