@@ -186,9 +186,13 @@ def beam_search(
     reaches its length limit. If fewer than `nbest` hypotheses finished, the best alive ones
     fill the gap (penalised at their current length).
 
-    With `length_penalty=0`, `beam_size=1` returns exactly the greedy output. With a positive
-    penalty a beam of 1 may return a longer hypothesis that greedy ended too early, because the
-    finished one is ranked by normalised score against the one still alive.
+    A beam of 1 follows greedy's path, but it is not greedy: because each step looks at the top
+    2K = 2 expansions, eos as the runner-up at step t finishes greedy's prefix there, and the
+    finished set keeps the best of those endings and greedy's own output. With
+    `length_penalty=0` the result is greedy's output unless one of those endings has a higher
+    log-probability (tests/test_beam_real_models.py checks exactly this on each architecture).
+    With a positive penalty the ranking is by normalised score, so a beam of 1 may also return
+    a longer hypothesis than the one greedy ended.
 
     Returns `{"ids": int32 [B, nbest, max_len], "lengths": int32 [B, nbest],
     "scores": float32 [B, nbest] (normalised, best first), "log_probs": float32 [B, nbest]}`.

@@ -129,8 +129,7 @@ def test_beam_of_one_without_length_penalty_is_greedy_on_the_real_model(models, 
     finished hypothesis; greedy ignores eos as a runner-up. So beam 1 returns the most
     probable of: greedy's output, and each greedy prefix that eos (greedy's runner-up there)
     ends. Exactly that is checked, with every log-prob from a teacher-forced call on
-    greedy's output (`decoding.beam_search`'s docstring claims plain equality, which holds
-    only where no such ending beats greedy's).
+    greedy's output (as `decoding.beam_search`'s docstring says).
     """
     from nmt_kd.decoding import beam_search, greedy_search, max_lengths_from_source
 
