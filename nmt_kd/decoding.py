@@ -25,6 +25,7 @@ than -inf so that sums and divisions never produce NaN.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -159,6 +160,56 @@ def greedy_search(
     return {"ids": ids, "lengths": lengths, "scores": scores}
 
 
+class BeamState(NamedTuple):
+    """The `tf.while_loop` state of `beam_search` (a nested structure the loop carries).
+
+    `alive_*`: the K hypotheses per sentence that have not ended (`alive_len` is shared by a
+    sentence's beams); `fin_*`: the K best that ended (eos or the length limit), `fin_flag`
+    marking real entries; `done`: sentences that stop; `model_state`: the step function's
+    state, `[B*K, ...]`, row `b*K + k` belonging to beam k of sentence b.
+    """
+
+    step: tf.Tensor  # int32 scalar
+    tokens: tf.Tensor  # int32 [B*K], the last token of each alive beam
+    alive_seq: tf.Tensor  # int32 [B, K, max_len]
+    alive_lp: tf.Tensor  # float32 [B, K]
+    alive_len: tf.Tensor  # int32 [B]
+    fin_seq: tf.Tensor  # int32 [B, K, max_len]
+    fin_score: tf.Tensor  # float32 [B, K], normalised
+    fin_lp: tf.Tensor  # float32 [B, K]
+    fin_len: tf.Tensor  # int32 [B, K]
+    fin_flag: tf.Tensor  # bool [B, K]
+    done: tf.Tensor  # bool [B]
+    model_state: dict
+
+
+class _BeamSetup(NamedTuple):
+    """What every step of one `beam_search` call shares (constants of the loop)."""
+
+    k: int
+    alpha: float
+    batch: tf.Tensor
+    limits: tf.Tensor  # int32 [B]
+    best_penalty: tf.Tensor  # float32 [B]: the most favourable penalty still reachable
+    positions: tf.Tensor  # int32 [max_len]
+    batch_offsets: tf.Tensor  # int32 [B, 1], to turn (b, beam) into b*K + beam
+    eos_id: int
+
+
+class _Candidates(NamedTuple):
+    """The top 2K expansions of one step, per sentence."""
+
+    lp: tf.Tensor  # float32 [B, 2K]
+    parent: tf.Tensor  # int32 [B, 2K]
+    tok: tf.Tensor  # int32 [B, 2K]
+    valid: tf.Tensor  # bool [B, 2K]
+    eos: tf.Tensor  # bool [B, 2K]
+    at_limit: tf.Tensor  # bool [B]: this step is the sentence's last
+    ends: tf.Tensor  # bool [B, 2K]: ended with eos or at the sentence's limit
+    seq: tf.Tensor  # int32 [B, 2K, max_len]
+    len: tf.Tensor  # int32 [B, 2K]
+
+
 def beam_search(
     step_fn: StepFn,
     state: dict,
@@ -205,116 +256,141 @@ def beam_search(
     if length_penalty < 0:
         # The early-stopping bound assumes the penalty grows with length.
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
-    k = beam_size
     alpha = float(length_penalty)
     batch = _as_int32(batch_size)
     limits = _limits(max_lengths, batch, max_len)
-    # Log-probs only decrease with more tokens and the penalty only grows, so an alive
-    # hypothesis can at best reach its current log-prob divided by the penalty at the limit.
-    best_penalty = _length_penalty(limits, alpha)
-    positions = tf.range(max_len, dtype=tf.int32)
-    batch_offsets = tf.range(batch)[:, None] * k  # [B, 1], to turn (b, beam) into b*K + beam
+    setup = _BeamSetup(
+        k=beam_size, alpha=alpha, batch=batch, limits=limits,
+        # Log-probs only decrease with more tokens and the penalty only grows, so an alive
+        # hypothesis can at best reach its current log-prob divided by the penalty at the limit.
+        best_penalty=_length_penalty(limits, alpha),
+        positions=tf.range(max_len, dtype=tf.int32),
+        batch_offsets=tf.range(batch)[:, None] * beam_size,
+        eos_id=eos_id,
+    )
+    loop_vars = _initial_beam_state(state, batch, beam_size, max_len, bos_id)
+    final = tf.while_loop(
+        lambda s: tf.logical_not(tf.reduce_all(s.done)),
+        lambda s: (_beam_step(step_fn, setup, s),),
+        (loop_vars,),
+        shape_invariants=(tf.nest.map_structure(_relaxed, loop_vars),),
+        maximum_iterations=max_len,
+    )[0]
+    return _beam_results(final, beam_size, alpha, nbest)
+
+
+def _initial_beam_state(state: dict, batch: tf.Tensor, k: int, max_len: int,
+                        bos_id: int) -> BeamState:
     neg = tf.constant(NEG_INF, tf.float32)
-
-    def cond(step, tokens, alive_seq, alive_lp, alive_len, fin_seq, fin_score, fin_lp,
-             fin_len, fin_flag, done, state):
-        return tf.logical_not(tf.reduce_all(done))
-
-    def body(step, tokens, alive_seq, alive_lp, alive_len, fin_seq, fin_score, fin_lp,
-             fin_len, fin_flag, done, state):
-        logits, new_state = step_fn(tokens, step, state)
-        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
-        vocab_static = log_probs.shape[-1]
-        vocab = tf.shape(log_probs)[-1]
-        n_cand = 2 * k if vocab_static is None else min(2 * k, k * vocab_static)
-
-        # Expand every alive beam by every token; sentences already done expand nothing.
-        cand = alive_lp[:, :, None] + tf.reshape(log_probs, [batch, k, vocab])
-        cand = tf.where(done[:, None, None], neg, cand)
-        cand_lp, cand_idx = tf.math.top_k(tf.reshape(cand, [batch, k * vocab]), k=n_cand)
-        cand_parent = cand_idx // vocab
-        cand_tok = cand_idx % vocab
-        cand_valid = cand_lp > _INVALID
-        cand_eos = tf.equal(cand_tok, eos_id)
-        at_limit = step + 1 >= limits  # [B]
-        cand_ends = cand_eos | at_limit[:, None]
-
-        # Parent's tokens plus the new one (eos is not stored in the output ids).
-        cand_seq = tf.gather(alive_seq, cand_parent, batch_dims=1)
-        write = tf.logical_not(cand_eos)[:, :, None] & tf.equal(positions, step)[None, None, :]
-        cand_seq = tf.where(write, cand_tok[:, :, None], cand_seq)
-        cand_len = step + 1 - tf.cast(cand_eos, tf.int32)
-
-        # New alive set: the best K expansions that did not end.
-        alive_key = tf.where(cand_ends | tf.logical_not(cand_valid), neg, cand_lp)
-        new_alive_lp, alive_sel = tf.math.top_k(alive_key, k=k)
-        new_alive_seq = tf.gather(cand_seq, alive_sel, batch_dims=1)
-        new_alive_tok = tf.gather(cand_tok, alive_sel, batch_dims=1)
-        new_alive_parent = tf.gather(cand_parent, alive_sel, batch_dims=1)
-
-        # New finished set: the best K of the old finished ones and those that just ended.
-        # Every hypothesis ending at this step has penalty length step + 1 (eos included).
-        ended = cand_ends & cand_valid
-        ended_score = tf.where(ended, cand_lp / _length_penalty(step + 1, alpha), neg)
-        new_fin_score, fin_sel = tf.math.top_k(tf.concat([fin_score, ended_score], 1), k=k)
-        fin_seq = tf.gather(tf.concat([fin_seq, cand_seq], 1), fin_sel, batch_dims=1)
-        fin_lp = tf.gather(tf.concat([fin_lp, cand_lp], 1), fin_sel, batch_dims=1)
-        fin_len = tf.gather(tf.concat([fin_len, cand_len], 1), fin_sel, batch_dims=1)
-        fin_flag = tf.gather(tf.concat([fin_flag, ended], 1), fin_sel, batch_dims=1)
-
-        # Sentences done before this step keep their last alive set for the final fill-in.
-        alive_seq = tf.where(done[:, None, None], alive_seq, new_alive_seq)
-        alive_lp = tf.where(done[:, None], alive_lp, new_alive_lp)
-        alive_len = tf.where(done, alive_len, step + 1)
-
-        no_alive = new_alive_lp[:, 0] <= _INVALID
-        alive_bound = new_alive_lp[:, 0] / best_penalty
-        cannot_improve = tf.reduce_all(fin_flag, axis=1) & (new_fin_score[:, k - 1] > alive_bound)
-        done = done | at_limit | no_alive | cannot_improve
-
-        # Each surviving beam continues from its parent's state.
-        flat_parent = tf.reshape(new_alive_parent + batch_offsets, [-1])
-        state = tf.nest.map_structure(lambda x: tf.gather(x, flat_parent), new_state)
-        tokens = tf.reshape(new_alive_tok, [-1])
-        return (step + 1, tokens, alive_seq, alive_lp, alive_len, fin_seq, new_fin_score,
-                fin_lp, fin_len, fin_flag, done, state)
-
     # Only beam 0 of each sentence is live at first, so step 0 does not expand K duplicates.
     first_beam = tf.constant([[0.0] + [NEG_INF] * (k - 1)], tf.float32)
-    loop_vars = (
-        tf.constant(0, tf.int32),
-        tf.fill([batch * k], tf.constant(bos_id, tf.int32)),
-        tf.zeros([batch, k, max_len], tf.int32),
-        tf.tile(first_beam, [batch, 1]),
-        tf.zeros([batch], tf.int32),
-        tf.zeros([batch, k, max_len], tf.int32),
-        tf.fill([batch, k], neg),
-        tf.fill([batch, k], neg),
-        tf.zeros([batch, k], tf.int32),
-        tf.zeros([batch, k], tf.bool),
-        tf.zeros([batch], tf.bool),
-        tile_state(state, k),
+    return BeamState(
+        step=tf.constant(0, tf.int32),
+        tokens=tf.fill([batch * k], tf.constant(bos_id, tf.int32)),
+        alive_seq=tf.zeros([batch, k, max_len], tf.int32),
+        alive_lp=tf.tile(first_beam, [batch, 1]),
+        alive_len=tf.zeros([batch], tf.int32),
+        fin_seq=tf.zeros([batch, k, max_len], tf.int32),
+        fin_score=tf.fill([batch, k], neg),
+        fin_lp=tf.fill([batch, k], neg),
+        fin_len=tf.zeros([batch, k], tf.int32),
+        fin_flag=tf.zeros([batch, k], tf.bool),
+        done=tf.zeros([batch], tf.bool),
+        model_state=tile_state(state, k),
     )
-    out = tf.while_loop(
-        cond,
-        body,
-        loop_vars,
-        shape_invariants=tf.nest.map_structure(_relaxed, loop_vars),
-        maximum_iterations=max_len,
-    )
-    (_, _, alive_seq, alive_lp, alive_len, fin_seq, fin_score, fin_lp, fin_len, fin_flag,
-     _, _) = out
 
-    # Pool finished (best first, real ones before empty slots) and alive (best first: all alive
-    # beams of a sentence share a length); take finished first, alive only to fill up.
-    alive_score = tf.where(
-        alive_lp > _INVALID, alive_lp / _length_penalty(alive_len, alpha)[:, None], neg
+
+def _expand(setup: _BeamSetup, s: BeamState, log_probs: tf.Tensor) -> _Candidates:
+    """Expand every alive beam by every token and keep the best 2K; sentences already done
+    expand nothing."""
+    k, batch, step = setup.k, setup.batch, s.step
+    neg = tf.constant(NEG_INF, tf.float32)
+    vocab_static = log_probs.shape[-1]
+    vocab = tf.shape(log_probs)[-1]
+    n_cand = 2 * k if vocab_static is None else min(2 * k, k * vocab_static)
+
+    cand = s.alive_lp[:, :, None] + tf.reshape(log_probs, [batch, k, vocab])
+    cand = tf.where(s.done[:, None, None], neg, cand)
+    cand_lp, cand_idx = tf.math.top_k(tf.reshape(cand, [batch, k * vocab]), k=n_cand)
+    cand_parent = cand_idx // vocab
+    cand_tok = cand_idx % vocab
+    cand_eos = tf.equal(cand_tok, setup.eos_id)
+    at_limit = step + 1 >= setup.limits  # [B]
+
+    # Parent's tokens plus the new one (eos is not stored in the output ids).
+    cand_seq = tf.gather(s.alive_seq, cand_parent, batch_dims=1)
+    write = tf.logical_not(cand_eos)[:, :, None] & tf.equal(setup.positions, step)[None, None, :]
+    cand_seq = tf.where(write, cand_tok[:, :, None], cand_seq)
+    return _Candidates(
+        lp=cand_lp, parent=cand_parent, tok=cand_tok, valid=cand_lp > _INVALID, eos=cand_eos,
+        at_limit=at_limit, ends=cand_eos | at_limit[:, None], seq=cand_seq,
+        len=step + 1 - tf.cast(cand_eos, tf.int32),
     )
-    pool_seq = tf.concat([fin_seq, alive_seq], 1)
-    pool_score = tf.concat([fin_score, alive_score], 1)
-    pool_lp = tf.concat([fin_lp, alive_lp], 1)
-    pool_len = tf.concat([fin_len, tf.tile(alive_len[:, None], [1, k])], 1)
-    n_finished = tf.reduce_sum(tf.cast(fin_flag, tf.int32), axis=1, keepdims=True)
+
+
+def _beam_step(step_fn: StepFn, setup: _BeamSetup, s: BeamState) -> BeamState:
+    """One step of `beam_search`: the loop body."""
+    k, step = setup.k, s.step
+    neg = tf.constant(NEG_INF, tf.float32)
+    logits, new_state = step_fn(s.tokens, step, s.model_state)
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+    c = _expand(setup, s, log_probs)
+
+    # New alive set: the best K expansions that did not end.
+    alive_key = tf.where(c.ends | tf.logical_not(c.valid), neg, c.lp)
+    new_alive_lp, alive_sel = tf.math.top_k(alive_key, k=k)
+    new_alive_seq = tf.gather(c.seq, alive_sel, batch_dims=1)
+    new_alive_tok = tf.gather(c.tok, alive_sel, batch_dims=1)
+    new_alive_parent = tf.gather(c.parent, alive_sel, batch_dims=1)
+
+    # New finished set: the best K of the old finished ones and those that just ended.
+    # Every hypothesis ending at this step has penalty length step + 1 (eos included).
+    ended = c.ends & c.valid
+    ended_score = tf.where(ended, c.lp / _length_penalty(step + 1, setup.alpha), neg)
+    new_fin_score, fin_sel = tf.math.top_k(tf.concat([s.fin_score, ended_score], 1), k=k)
+    fin_seq = tf.gather(tf.concat([s.fin_seq, c.seq], 1), fin_sel, batch_dims=1)
+    fin_lp = tf.gather(tf.concat([s.fin_lp, c.lp], 1), fin_sel, batch_dims=1)
+    fin_len = tf.gather(tf.concat([s.fin_len, c.len], 1), fin_sel, batch_dims=1)
+    fin_flag = tf.gather(tf.concat([s.fin_flag, ended], 1), fin_sel, batch_dims=1)
+
+    # Sentences done before this step keep their last alive set for the final fill-in.
+    done = s.done
+    alive_seq = tf.where(done[:, None, None], s.alive_seq, new_alive_seq)
+    alive_lp = tf.where(done[:, None], s.alive_lp, new_alive_lp)
+    alive_len = tf.where(done, s.alive_len, step + 1)
+
+    no_alive = new_alive_lp[:, 0] <= _INVALID
+    alive_bound = new_alive_lp[:, 0] / setup.best_penalty
+    cannot_improve = tf.reduce_all(fin_flag, axis=1) & (new_fin_score[:, k - 1] > alive_bound)
+    done = done | c.at_limit | no_alive | cannot_improve
+
+    # Each surviving beam continues from its parent's state.
+    flat_parent = tf.reshape(new_alive_parent + setup.batch_offsets, [-1])
+    return BeamState(
+        step=step + 1,
+        tokens=tf.reshape(new_alive_tok, [-1]),
+        alive_seq=alive_seq, alive_lp=alive_lp, alive_len=alive_len,
+        fin_seq=fin_seq, fin_score=new_fin_score, fin_lp=fin_lp, fin_len=fin_len,
+        fin_flag=fin_flag, done=done,
+        model_state=tf.nest.map_structure(lambda x: tf.gather(x, flat_parent), new_state),
+    )
+
+
+def _beam_results(s: BeamState, k: int, alpha: float, nbest: int) -> dict[str, tf.Tensor]:
+    """The n-best of each sentence from the final loop state.
+
+    Pool finished (best first, real ones before empty slots) and alive (best first: all alive
+    beams of a sentence share a length); take finished first, alive only to fill up.
+    """
+    neg = tf.constant(NEG_INF, tf.float32)
+    alive_score = tf.where(
+        s.alive_lp > _INVALID, s.alive_lp / _length_penalty(s.alive_len, alpha)[:, None], neg
+    )
+    pool_seq = tf.concat([s.fin_seq, s.alive_seq], 1)
+    pool_score = tf.concat([s.fin_score, alive_score], 1)
+    pool_lp = tf.concat([s.fin_lp, s.alive_lp], 1)
+    pool_len = tf.concat([s.fin_len, tf.tile(s.alive_len[:, None], [1, k])], 1)
+    n_finished = tf.reduce_sum(tf.cast(s.fin_flag, tf.int32), axis=1, keepdims=True)
     rank = tf.range(nbest, dtype=tf.int32)[None, :]
     pick = tf.where(rank < n_finished, rank, k + rank - n_finished)
     scores = tf.gather(pool_score, pick, batch_dims=1)
