@@ -28,11 +28,12 @@ def bench_decoding(
     loaded = []  # a list, not a dict: the same directory may be listed twice (a control)
     for d in model_dirs:
         tr, meta, _ = open_translator(d, decode_cfg)
-        loaded.append((str(d), tr, meta, int(tr.model.count_params())))
+        loaded.append((str(d), tr, meta, tr.params()))
     rows = []
     for beam in beams:
-        # TFLite exports decode greedily: they sit out the beam rows
-        translators = [t for t in loaded if beam == 1 or not t[2].get("format", "").startswith("tflite")]
+        # a backend that cannot decode with this beam (TFLite: greedy only; a SavedModel: its
+        # export's beam only) sits out these rows
+        translators = [t for t in loaded if _decodes_with(t[1], beam)]
         for bs in batch_sizes:
             lines = src_lines[:batch1_sentences] if bs == 1 else src_lines
             times: list[list[float]] = [[] for _ in translators]
@@ -58,6 +59,16 @@ def bench_decoding(
                     f"(min {row['sentences_per_second_min']:.1f}, max {row['sentences_per_second_max']:.1f}), "
                     f"{row['tokens_per_second']:9.0f} tok/s")
     return {"machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+
+
+def _decodes_with(translator, beam: int) -> bool:
+    from nmt_kd.errors import UserError
+
+    try:
+        translator.backend.check(beam, 1)
+    except UserError:
+        return False
+    return True
 
 
 def speed_ratios(result: dict, reference: str, ref_beam: int) -> list[dict]:
@@ -185,34 +196,11 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
     import numpy as np
 
     from nmt_kd.dataset import BatchStream, encode_pairs
-    from nmt_kd.losses import label_smoothed_ce
-    from nmt_kd.models.ensemble import is_ensemble_dir
-    from nmt_kd.models.registry import load_model_dir
-    from nmt_kd.tflite_translate import is_tflite_dir
-    from nmt_kd.train import load_pairs, make_optimizer, make_train_step, train_section
+    from nmt_kd.train import load_pairs
 
     run_dir = Path(run_dir)
     src, tgt = load_pairs(run_dir, "train")
-    entries, tokenizer_sha = [], None
-    for d in model_dirs:
-        if is_tflite_dir(d) or is_ensemble_dir(d):
-            continue  # inference only: an export, or an ensemble of frozen models
-        model, tok, meta = load_model_dir(d)
-        arch = meta.get("model_type") or "teacher"
-        sha = meta.get("tokenizer_sha256")
-        if tokenizer_sha and sha and sha != tokenizer_sha:
-            log(f"bench training: {d} uses another tokenizer than {entries[0]['model']}; skipped")
-            continue
-        tokenizer_sha = tokenizer_sha or sha
-        tc = train_section(cfg, arch)
-        optimizer = make_optimizer(tc)
-        optimizer.build(model.trainable_variables)
-        eps = tc.label_smoothing
-        step = make_train_step(model, optimizer,
-                               lambda logits, tgt_out, s, t, eps=eps: label_smoothed_ce(logits, tgt_out, eps))
-        entries.append({"model": str(d), "arch": arch, "tok": tok, "step": step, "tc": tc,
-                        "precision": meta.get("precision") or tc.precision,
-                        "params": int(model.count_params()), "split": param_split(model)})
+    entries = _training_entries(model_dirs, cfg, log)
     if not entries:
         return {"rows": []}
     pairs = encode_pairs(entries[0]["tok"], src, tgt, max(e["tc"].max_len for e in entries))
@@ -235,28 +223,66 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
                 loss, _, _ = e["step"](s, ti, to)
             float(loss)  # wait for the last step
             times[i].append(time.perf_counter() - t0)
-    rows = []
-    for i, e in enumerate(entries):
-        tps = [tgt_tokens / t for t in times[i]]
-        sec = statistics.median(times[i])
-        flops = train_flops(e["split"], src_tokens, tgt_tokens)
-        peak = cpu_peak_flops(e["precision"])
-        achieved = flops / sec / 1e9
-        row = {"model": e["model"], "model_type": e["arch"], "params": e["params"],
-               "precision": e["precision"], "steps": steps, "max_tokens": max_tokens,
-               "src_tokens": src_tokens, "tgt_tokens": tgt_tokens,
-               "steps_per_second": round(steps / sec, 3),
-               "tgt_tokens_per_second": round(statistics.median(tps), 1),
-               "tgt_tokens_per_second_min": round(min(tps), 1),
-               "tgt_tokens_per_second_max": round(max(tps), 1),
-               "param_split": e["split"], "est_gflops_per_step": round(flops / steps / 1e9, 2),
-               "achieved_gflops": round(achieved, 1), "assumed_peak": peak,
-               "peak_fraction": round(achieved / peak["peak_gflops"], 4) if peak["peak_gflops"] else None,
-               "repeats": repeats}
-        rows.append(row)
-        log(f"{Path(e['model']).name:>24} train ({e['precision']}): {row['tgt_tokens_per_second']:8.0f} "
-            f"tgt tok/s (min {row['tgt_tokens_per_second_min']:.0f}, max "
-            f"{row['tgt_tokens_per_second_max']:.0f}), {row['steps_per_second']:.2f} steps/s, "
-            f"~{achieved:.1f} GFLOP/s = {100 * (row['peak_fraction'] or 0):.1f}% of the assumed "
-            f"{peak['peak_gflops']:.0f} GFLOP/s peak")
+    rows = [_training_row(e, times[i], steps, max_tokens, src_tokens, tgt_tokens, repeats, log)
+            for i, e in enumerate(entries)]
     return {"run_dir": str(run_dir), "rows": rows}
+
+
+def _training_entries(model_dirs: list[str | Path], cfg, log: Callable[[str], None]) -> list[dict]:
+    """A model, its tokenizer and a compiled train step for each trainable model directory
+    (exports and ensembles are skipped, and models whose tokenizer differs from the first)."""
+    from nmt_kd.losses import label_smoothed_ce
+    from nmt_kd.models.ensemble import is_ensemble_dir
+    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.savedmodel_translate import is_savedmodel_dir
+    from nmt_kd.tflite_translate import is_tflite_dir
+    from nmt_kd.train import make_optimizer, make_train_step, train_section
+
+    entries, tokenizer_sha = [], None
+    for d in model_dirs:
+        if is_tflite_dir(d) or is_savedmodel_dir(d) or is_ensemble_dir(d):
+            continue  # inference only: an export, or an ensemble of frozen models
+        model, tok, meta = load_model_dir(d)
+        arch = meta.get("model_type") or "teacher"
+        sha = meta.get("tokenizer_sha256")
+        if tokenizer_sha and sha and sha != tokenizer_sha:
+            log(f"bench training: {d} uses another tokenizer than {entries[0]['model']}; skipped")
+            continue
+        tokenizer_sha = tokenizer_sha or sha
+        tc = train_section(cfg, arch)
+        optimizer = make_optimizer(tc)
+        optimizer.build(model.trainable_variables)
+        eps = tc.label_smoothing
+        step = make_train_step(model, optimizer,
+                               lambda logits, tgt_out, s, t, eps=eps: label_smoothed_ce(logits, tgt_out, eps))
+        entries.append({"model": str(d), "arch": arch, "tok": tok, "step": step, "tc": tc,
+                        "precision": meta.get("precision") or tc.precision,
+                        "params": int(model.count_params()), "split": param_split(model)})
+    return entries
+
+
+def _training_row(e: dict, times: list[float], steps: int, max_tokens: int, src_tokens: int,
+                  tgt_tokens: int, repeats: int, log: Callable[[str], None]) -> dict:
+    """One model's row of `bench_training` from its timed repeats (logged as well)."""
+    tps = [tgt_tokens / t for t in times]
+    sec = statistics.median(times)
+    flops = train_flops(e["split"], src_tokens, tgt_tokens)
+    peak = cpu_peak_flops(e["precision"])
+    achieved = flops / sec / 1e9
+    row = {"model": e["model"], "model_type": e["arch"], "params": e["params"],
+           "precision": e["precision"], "steps": steps, "max_tokens": max_tokens,
+           "src_tokens": src_tokens, "tgt_tokens": tgt_tokens,
+           "steps_per_second": round(steps / sec, 3),
+           "tgt_tokens_per_second": round(statistics.median(tps), 1),
+           "tgt_tokens_per_second_min": round(min(tps), 1),
+           "tgt_tokens_per_second_max": round(max(tps), 1),
+           "param_split": e["split"], "est_gflops_per_step": round(flops / steps / 1e9, 2),
+           "achieved_gflops": round(achieved, 1), "assumed_peak": peak,
+           "peak_fraction": round(achieved / peak["peak_gflops"], 4) if peak["peak_gflops"] else None,
+           "repeats": repeats}
+    log(f"{Path(e['model']).name:>24} train ({e['precision']}): {row['tgt_tokens_per_second']:8.0f} "
+        f"tgt tok/s (min {row['tgt_tokens_per_second_min']:.0f}, max "
+        f"{row['tgt_tokens_per_second_max']:.0f}), {row['steps_per_second']:.2f} steps/s, "
+        f"~{achieved:.1f} GFLOP/s = {100 * (row['peak_fraction'] or 0):.1f}% of the assumed "
+        f"{peak['peak_gflops']:.0f} GFLOP/s peak")
+    return row

@@ -52,21 +52,6 @@ def tile_state(state: dict, beam_size: int) -> dict:
     return tf.nest.map_structure(lambda x: tf.repeat(x, beam_size, axis=0), state)
 
 
-def scale_milli(a: float) -> int:
-    """`a` in thousandths: length limits use `a` rounded to 0.001, in exact integer arithmetic."""
-    return int(round(a * 1000))
-
-
-def max_lengths_from_source(src_lengths: tf.Tensor, a: float, b: int, cap: int) -> tf.Tensor:
-    """Per-sentence output limits: int32 `[B]` = `min(cap, floor(a * src_len) + b)`.
-
-    Integer arithmetic (`a` in thousandths), so that e.g. a=1.1, src_len=10 gives exactly 11
-    (no float rounding) and the graph converts to TFLite (no float64 ops).
-    """
-    scaled = (scale_milli(a) * tf.cast(src_lengths, tf.int32)) // 1000
-    return tf.minimum(scaled + b, cap)
-
-
 def _as_int32(batch_size: int | tf.Tensor) -> tf.Tensor:
     return tf.cast(batch_size, tf.int32)
 

@@ -101,10 +101,13 @@ def _shard_lines(src_path: Path, ref_path: Path, ranges: list[tuple[int, int]],
 def translate_shards(
     cfg: Config, run_dir: str | Path, teacher_dir: str | Path | None = None,
     worker_index: int = 0, num_workers: int = 1, log: Callable[[str], None] = print,
+    translator=None,
 ) -> list[int]:
     """Translate the missing shards assigned to this worker; returns the shard indices done now.
 
     The training source is read shard by shard, so memory does not grow with the corpus.
+    `translator`: a `nmt_kd.translate.Translator` over any backend (by default, one over the
+    Keras model in `teacher_dir`); it must support `distill.beam` and the n-best asked for.
     """
     from nmt_kd.models.registry import load_model_dir
     from nmt_kd.translate import Translator
@@ -119,9 +122,10 @@ def translate_shards(
         f"has {len(mine)}, {len(mine) - len(todo)} already done")
     if not todo:
         return []
-    teacher_dir = Path(teacher_dir or run_dir / "teacher")
-    model, tokenizer, _ = load_model_dir(teacher_dir, cfg.decode.precision)
-    translator = Translator(model, tokenizer, cfg.decode)
+    if translator is None:
+        teacher_dir = Path(teacher_dir or run_dir / "teacher")
+        model, tokenizer, _ = load_model_dir(teacher_dir, cfg.decode.precision)
+        translator = Translator(model, tokenizer, cfg.decode)
     nbest = max(dc.nbest, dc.beam if dc.seq_inter else 1)
     metric = _sentence_metric(dc.seq_inter_metric) if dc.seq_inter else None
     t0, lines_done = time.perf_counter(), 0

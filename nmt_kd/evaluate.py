@@ -133,7 +133,7 @@ def evaluate_model(
         "model": str(model_dir),
         "model_type": meta.get("model_type", "unknown"),
         "kd": meta.get("kd", "none"),
-        "params": int(translator.model.count_params()),
+        "params": translator.params(),
         "size_bytes": size_bytes,
         "format": meta.get("format", "keras"),
         "test_set": test_set or str(src),

@@ -9,9 +9,10 @@ tf.string [N]}`). Everything the Python `Translator` does happens inside the gra
    and RE2 regexes;
 2. SentencePiece encoding (`tensorflow_text.SentencepieceTokenizer` holding the model's own
    `spm.model` bytes), truncation to `decode.max_src_len - 1` pieces, eos appended;
-3. greedy or beam search (`nmt_kd.translate.decode_ids`, the same code `Translator` runs),
-   with the cache size chosen by the same length buckets: one branch per bucket in a
-   `tf.switch_case`, so short batches do not pay for long caches;
+3. greedy or beam search (`nmt_kd.backends.decode_ids`, the same code `Translator` runs
+   over a Keras model), with the cache size chosen by the same length buckets
+   (`nmt_kd.decode_policy`): one branch per bucket in a `tf.switch_case`, so short batches
+   do not pay for long caches;
 4. SentencePiece decoding; an empty input line gives an empty translation.
 
 The SavedModel loads with `tf.saved_model.load` in a process that imports only TensorFlow
@@ -25,14 +26,13 @@ and `tensorflow_text` (which registers the SentencePiece ops):
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import time
 from pathlib import Path
 
 from nmt_kd import EOS_ID, UNK_ID
 from nmt_kd.config import DecodeConfig
-from nmt_kd.decoding import scale_milli
+from nmt_kd.decode_policy import bucket_in_graph, length_buckets
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import atomic_directory, write_json
 
@@ -53,23 +53,12 @@ def normalize_in_graph(text):
     return tf.strings.regex_replace(text, r"^ | $", "")
 
 
-def length_buckets(cfg: DecodeConfig) -> list[int]:
-    """Every cache size `nmt_kd.translate.max_len_bucket` can choose for this config."""
-    from nmt_kd.translate import LEN_BUCKET, max_len_bucket
-
-    longest_want = scale_milli(cfg.max_len_a) * cfg.max_src_len // 1000 + cfg.max_len_b
-    sizes = {max_len_bucket(cfg, 1)}
-    for k in range(1, math.ceil(longest_want / LEN_BUCKET) + 1):
-        sizes.add(min(cfg.max_len_cap, LEN_BUCKET * k))
-    return sorted(sizes)
-
-
 def build_serving_module(model, spm_bytes: bytes, cfg: DecodeConfig, beam: int):
     """A `tf.Module` with a `translate(tf.string [N]) -> tf.string [N]` tf.function."""
     import tensorflow as tf
     import tensorflow_text as tft
 
-    from nmt_kd.translate import LEN_BUCKET, decode_ids
+    from nmt_kd.backends import decode_ids
 
     sizes = length_buckets(cfg)
 
@@ -95,8 +84,7 @@ def build_serving_module(model, spm_bytes: bytes, cfg: DecodeConfig, beam: int):
             src = ids.to_tensor(default_value=0)
             n = tf.shape(src)[0]
             width = tf.shape(src)[1]
-            want = scale_milli(cfg.max_len_a) * width // 1000 + cfg.max_len_b
-            bucket = tf.minimum(cfg.max_len_cap, LEN_BUCKET * ((want + LEN_BUCKET - 1) // LEN_BUCKET))
+            bucket = bucket_in_graph(cfg, width)
             branch = tf.reduce_sum(tf.cast(tf.constant(sizes) < bucket, tf.int32))
 
             def branch_fn(size):
@@ -171,9 +159,6 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
 
 # -- TFLite (int8 weights) ----------------------------------------------------------------
 
-TFLITE_FILES = ("encoder.tflite", "step.tflite")
-
-
 def _to_tflite(concrete, quantize: str) -> tuple[bytes, list[str], list[str]]:
     """(flatbuffer, input names, output names); TFLite keeps the function's tensor order."""
     import tensorflow as tf
@@ -210,7 +195,7 @@ def _rows_fed(embedding, rows):
 
 def _find_constant(path: Path, shape: list[int]) -> str:
     """The name of the one constant tensor of this shape in a flatbuffer (the embedding)."""
-    from nmt_kd.tflite_translate import new_interpreter
+    from nmt_kd.tflite_translate import new_interpreter  # the reader's, to check what it reads
 
     found = [t["name"] for t in new_interpreter(path, 1).get_tensor_details()
              if list(t["shape"]) == shape]
@@ -222,7 +207,8 @@ def _find_constant(path: Path, shape: list[int]) -> str:
 
 def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, quantize: str = "int8",
                   log=print) -> Path:
-    """A student as two TFLite models driven by a small greedy loop (`TFLiteTranslator`).
+    """A student as two TFLite models driven by a small greedy loop
+    (`nmt_kd.tflite_translate.TFLiteBackend`).
 
     `encoder.tflite`: source ids `[B, S]` and their embedding rows `[B, S, E]` -> the initial
     decoding state. `step.tflite`: one decoder step (token, its embedding row, position,
@@ -233,9 +219,8 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
     there and does the row lookups itself, so neither graph holds a second copy.
     Students only: their state does not grow with the output length (the teacher's cache does).
     """
-    import tensorflow as tf
-
     from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.tflite_translate import TFLITE_FILES
 
     model_dir, out = Path(model_dir), Path(out)
     if quantize not in ("int8", "none"):
@@ -247,6 +232,37 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
     if meta.get("model_type") == "teacher" or type(model).__name__ == "TransformerTeacher":
         raise UserError("the TFLite export is for students (their decoding state has a fixed "
                         "size); export the teacher with --format savedmodel")
+    encode_concrete, keys = _tflite_encoder(model, cfg)
+    step_concrete, changed = _tflite_step(model, encode_concrete)
+    emb_dim = int(model.embedding.d_model)
+
+    with atomic_directory(out) as tmp:
+        io = {}
+        for name, concrete in (("encoder", encode_concrete), ("step", step_concrete)):
+            data, inputs, outputs = _to_tflite(concrete, quantize)
+            (tmp / f"{name}.tflite").write_bytes(data)
+            io[name] = {"inputs": inputs, "outputs": outputs}
+        vocab = int(model.embedding.vocab_size)
+        embedding = _find_constant(tmp / "step.tflite", [vocab, emb_dim])
+        shutil.copyfile(tokenizer.model_path, tmp / "spm.model")
+        write_json(tmp / "tflite.json", {
+            "model_dir": str(model_dir), "model_type": meta.get("model_type"), "kd": meta.get("kd"),
+            "params": int(model.count_params()), "quantize": quantize, "state": keys,
+            "changing_state": changed, "max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b,
+            "max_len_cap": cfg.max_len_cap, "max_src_len": cfg.max_src_len, "tensors": io,
+            "embedding": {"file": "step.tflite", "tensor": embedding, "shape": [vocab, emb_dim]},
+        })
+    size = sum((out / f).stat().st_size for f in TFLITE_FILES)
+    log(f"export: {model_dir} -> {out} (TFLite, {quantize} weights, {size / 1e6:.1f} MB, "
+        f"{time.perf_counter() - t0:.1f}s)")
+    return out
+
+
+def _tflite_encoder(model, cfg: DecodeConfig):
+    """The encoder's concrete function (ids and their embedding rows -> the initial decoding
+    state as `state_<key>` outputs) and the state's keys, sorted."""
+    import tensorflow as tf
+
     from nmt_kd.layers.rnn import tflite_friendly_loops
 
     emb_dim = int(model.embedding.d_model)
@@ -260,7 +276,16 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
         return {f"state_{k}": v for k, v in state.items()}
 
     with tflite_friendly_loops():  # no TensorArrays in the encoder's time loops
-        encode_concrete = encode.get_concrete_function()
+        concrete = encode.get_concrete_function()
+    return concrete, sorted(name[len("state_"):] for name in concrete.structured_outputs)
+
+
+def _tflite_step(model, encode_concrete):
+    """One decoder step's concrete function (token, its embedding row, position, state ->
+    argmax token, its log-prob, the state entries that change) and the changing keys."""
+    import tensorflow as tf
+
+    emb_dim = int(model.embedding.d_model)
     # the decoding state's names, dtypes and shapes (batch and source length left open)
     specs = {name[len("state_"):]: tf.TensorSpec(v.shape, v.dtype, name=name)
              for name, v in sorted(encode_concrete.structured_outputs.items())}
@@ -283,26 +308,5 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
         tf.TensorSpec([None], tf.int32, name="token"),
         tf.TensorSpec([None, emb_dim], tf.float32, name="token_emb"),
         tf.TensorSpec([], tf.int32, name="step"), *specs.values()])
-    step_concrete = step_fn.get_concrete_function()
-    changed = probe["changed"]
-
-    with atomic_directory(out) as tmp:
-        io = {}
-        for name, concrete in (("encoder", encode_concrete), ("step", step_concrete)):
-            data, inputs, outputs = _to_tflite(concrete, quantize)
-            (tmp / f"{name}.tflite").write_bytes(data)
-            io[name] = {"inputs": inputs, "outputs": outputs}
-        vocab = int(model.embedding.vocab_size)
-        embedding = _find_constant(tmp / "step.tflite", [vocab, emb_dim])
-        shutil.copyfile(tokenizer.model_path, tmp / "spm.model")
-        write_json(tmp / "tflite.json", {
-            "model_dir": str(model_dir), "model_type": meta.get("model_type"), "kd": meta.get("kd"),
-            "params": int(model.count_params()), "quantize": quantize, "state": keys,
-            "changing_state": changed, "max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b,
-            "max_len_cap": cfg.max_len_cap, "max_src_len": cfg.max_src_len, "tensors": io,
-            "embedding": {"file": "step.tflite", "tensor": embedding, "shape": [vocab, emb_dim]},
-        })
-    size = sum((out / f).stat().st_size for f in TFLITE_FILES)
-    log(f"export: {model_dir} -> {out} (TFLite, {quantize} weights, {size / 1e6:.1f} MB, "
-        f"{time.perf_counter() - t0:.1f}s)")
-    return out
+    concrete = step_fn.get_concrete_function()
+    return concrete, probe["changed"]

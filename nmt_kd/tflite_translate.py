@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from nmt_kd import BOS_ID, EOS_ID
+from nmt_kd.backends import SearchOutput, SourceBatch
 from nmt_kd.config import DecodeConfig
-from nmt_kd.decoding import scale_milli
+from nmt_kd.decode_policy import sentence_limits_np
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import read_json
 from nmt_kd.tokenizer import Tokenizer
-from nmt_kd.translate import Translator
+
+TFLITE_FILES = ("encoder.tflite", "step.tflite")  # the export's model files
 
 
 def is_tflite_dir(path: str | Path) -> bool:
@@ -65,25 +67,18 @@ def read_embedding(interp, path: Path, spec: dict) -> np.ndarray:
     return table.astype(np.float32) * scales
 
 
-class _Model:
-    """What `Translator` and the reports read from a model: its parameter count."""
-
-    def __init__(self, params: int):
-        self._params = params
-
-    def count_params(self) -> int:
-        return self._params
-
-
-class TFLiteTranslator(Translator):
-    """`Translator` over a TFLite export directory; greedy decoding only."""
+class TFLiteBackend:
+    """A TFLite export directory as a `SearchBackend`: greedy decoding only."""
 
     def __init__(self, export_dir: str | Path, cfg: DecodeConfig, threads: int | None = None):
         export_dir = Path(export_dir)
         if not is_tflite_dir(export_dir):
             raise UserError(f"{export_dir}: not a TFLite export (no tflite.json)")
+        self.cfg = cfg
         self.meta = read_json(export_dir / "tflite.json")
-        super().__init__(_Model(int(self.meta["params"])), Tokenizer(export_dir / "spm.model"), cfg)
+        self.tokenizer = Tokenizer(export_dir / "spm.model")
+        self.format = f"tflite-{self.meta['quantize']}"
+        self.size_bytes = sum((export_dir / f).stat().st_size for f in TFLITE_FILES)
         threads = threads or os.cpu_count() or 1
         io = self.meta["tensors"]
         self._enc = _interpreter(export_dir / "encoder.tflite", threads, io["encoder"])
@@ -95,16 +90,33 @@ class TFLiteTranslator(Translator):
         self._shapes: tuple | None = None
         self._src_shape: tuple | None = None
 
-    def translate(self, lines, beam=None, batch_size=None, nbest=1, progress=False, sort=True):
-        if (beam or self.cfg.beam) != 1 or nbest != 1:
-            raise UserError("a TFLite export decodes greedily: use beam 1 (--beam 1)")
-        return super().translate(lines, beam=1, batch_size=batch_size, nbest=1,
-                                 progress=progress, sort=sort)
+    def params(self) -> int:
+        return int(self.meta["params"])
 
-    def _decode_batch(self, src: np.ndarray, beam: int, max_len: int, nbest: int):
-        enc, enc_in, enc_out = self._enc
+    def check(self, beam: int, nbest: int) -> None:
+        if beam != 1 or nbest != 1:
+            raise UserError("a TFLite export decodes greedily: use beam 1 (--beam 1)")
+
+    def search(self, batch: SourceBatch, beam: int, max_len: int, nbest: int) -> SearchOutput:
+        self._encode(batch.ids)
         step, step_in, step_out = self._step
-        batch = src.shape[0]
+
+        def one_step(tokens: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+            step.set_tensor(step_in["token"], tokens)
+            step.set_tensor(step_in["token_emb"], self._embedding[tokens])
+            step.set_tensor(step_in["step"], np.array(t, np.int32))
+            step.invoke()
+            for k in self._changing:  # the new state becomes the next step's input
+                step.set_tensor(step_in[f"state_{k}"], step.get_tensor(step_out[f"new_{k}"]))
+            return step.get_tensor(step_out["next"]), step.get_tensor(step_out["logp"])
+
+        limits = sentence_limits_np(batch.ids, self.cfg, max_len)
+        return SearchOutput(*host_greedy_loop(one_step, len(batch.ids), limits, max_len))
+
+    def _encode(self, src: np.ndarray) -> None:
+        """Run the encoder on `src` and feed its decoding state to the step interpreter."""
+        enc, enc_in, enc_out = self._enc
+        step, step_in, _ = self._step
         if src.shape != self._src_shape:
             enc.resize_tensor_input(enc_in["src"], list(src.shape))
             enc.resize_tensor_input(enc_in["src_emb"], [*src.shape, self._embedding.shape[1]])
@@ -116,8 +128,8 @@ class TFLiteTranslator(Translator):
         state = {k: enc.get_tensor(enc_out[f"state_{k}"]) for k in self._state_keys}
         shapes = tuple(state[k].shape for k in self._state_keys)
         if shapes != self._shapes:
-            step.resize_tensor_input(step_in["token"], [batch])
-            step.resize_tensor_input(step_in["token_emb"], [batch, self._embedding.shape[1]])
+            step.resize_tensor_input(step_in["token"], [src.shape[0]])
+            step.resize_tensor_input(step_in["token_emb"], [src.shape[0], self._embedding.shape[1]])
             for k in self._state_keys:
                 step.resize_tensor_input(step_in[f"state_{k}"], list(state[k].shape))
             step.allocate_tensors()
@@ -125,30 +137,16 @@ class TFLiteTranslator(Translator):
         for k in self._state_keys:
             step.set_tensor(step_in[f"state_{k}"], state[k])
 
-        def one_step(tokens: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-            step.set_tensor(step_in["token"], tokens)
-            step.set_tensor(step_in["token_emb"], self._embedding[tokens])
-            step.set_tensor(step_in["step"], np.array(t, np.int32))
-            step.invoke()
-            for k in self._changing:  # the new state becomes the next step's input
-                step.set_tensor(step_in[f"state_{k}"], step.get_tensor(step_out[f"new_{k}"]))
-            return step.get_tensor(step_out["next"]), step.get_tensor(step_out["logp"])
 
-        return host_greedy_loop(one_step, src, self.cfg, max_len)
-
-
-def host_greedy_loop(step, src: np.ndarray, cfg: DecodeConfig, max_len: int):
+def host_greedy_loop(step, batch: int, limits: np.ndarray, max_len: int):
     """Greedy search with the token loop on the host, by the rules of `greedy_search`:
-    per-sentence limits `min(max_len, floor(max_len_a * src_len) + max_len_b)`, eos not
-    emitted, an early exit once every sentence is finished.
+    per-sentence `limits` (`nmt_kd.decode_policy.sentence_limits_np`, clipped to
+    `[1, max_len]`), eos not emitted, an early exit once every sentence is finished.
 
     `step(tokens [B] int32, t) -> (next tokens [B], their log-probs [B])` runs one decoder
     step and keeps the decoding state itself. Returns numpy (ids, lengths, scores).
     """
-    batch = src.shape[0]
-    src_len = (src != 0).sum(axis=1).astype(np.int64)
-    limits = np.clip(np.minimum(scale_milli(cfg.max_len_a) * src_len // 1000 + cfg.max_len_b,
-                                max_len), 1, max_len)
+    limits = np.clip(limits, 1, max_len)
     tokens = np.full([batch], BOS_ID, np.int32)
     finished = np.zeros([batch], bool)
     lengths = np.zeros([batch], np.int32)

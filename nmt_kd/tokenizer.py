@@ -92,11 +92,24 @@ class Tokenizer:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise UserError(f"tokenizer model not found: {self.model_path}")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        self._bytes: bytes | None = None
+        self._load(spm.SentencePieceProcessor(model_file=str(self.model_path)), self.model_path)
+
+    @classmethod
+    def from_model_bytes(cls, data: bytes, where: str | Path) -> Tokenizer:
+        """A tokenizer over SentencePiece model bytes (e.g. those held inside an exported
+        graph); `where` names them in messages. It has no `model_path`."""
+        tok = cls.__new__(cls)
+        tok.model_path, tok._bytes = None, data
+        tok._load(spm.SentencePieceProcessor(model_proto=data), where)
+        return tok
+
+    def _load(self, sp: spm.SentencePieceProcessor, where) -> None:
+        self.sp = sp
         ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
         if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise UserError(
-                f"{self.model_path}: special ids are pad/unk/bos/eos={ids}, expected (0, 1, 2, 3)"
+                f"{where}: special ids are pad/unk/bos/eos={ids}, expected (0, 1, 2, 3)"
             )
         self._tf = None
 
@@ -112,7 +125,7 @@ class Tokenizer:
                                for seq in ids])
 
     def model_bytes(self) -> bytes:
-        return self.model_path.read_bytes()
+        return self._bytes if self.model_path is None else self.model_path.read_bytes()
 
     def tf_tokenizer(self):
         """`tensorflow_text.SentencepieceTokenizer` over the same model file (int32 ids)."""

@@ -1,8 +1,11 @@
-"""Translate text with any model of the seq2seq contract (teacher or student).
+"""Translate text with any model: a model directory (teacher, student or ensemble), a TFLite
+export or a SavedModel export.
 
-Sentences are tokenized, sorted by length into batches (less padding, fewer distinct
-shapes), decoded with greedy or beam search inside one `tf.function` per (beam, length
-bucket), and returned in the input order. An empty line translates to an empty line.
+`Translator` does the same around every backend (`nmt_kd.backends`): sentences are tokenized
+(long ones truncated or refused), sorted by length into batches and padded
+(`nmt_kd.decode_policy.length_sorted_batches`), each batch gets its output-length bucket
+(`nmt_kd.decode_policy.max_len_bucket`) and is searched by the backend, and the translations
+come back in the input order. An empty line translates to an empty line.
 `Translator.translate_stream` does the same chunk by chunk over an iterable of lines, so
 memory stays bounded by the chunk size however long the input is.
 """
@@ -10,22 +13,19 @@ memory stays bounded by the chunk size however long the input is.
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
-import tensorflow as tf
+from pathlib import Path
 
 from nmt_kd import EOS_ID
+from nmt_kd.backends import KerasBackend, SearchBackend, SearchOutput, SourceBatch
 from nmt_kd.config import DecodeConfig
-from nmt_kd.decoding import beam_search, greedy_search, max_lengths_from_source, scale_milli
+from nmt_kd.decode_policy import length_sorted_batches, max_len_bucket
 from nmt_kd.errors import UserError
 from nmt_kd.tokenizer import Tokenizer
 
-LEN_BUCKET = 16  # output-length limits are rounded up to this, bounding the number of traces
 CHUNK_LINES = 10_000  # lines per chunk when translating a stream
 
 
@@ -39,60 +39,37 @@ class TranslationResult:
     extra: dict = field(default_factory=dict)
 
 
-def decode_ids(model, cfg: DecodeConfig, src: tf.Tensor, beam: int, max_len: int,
-               nbest: int = 1) -> dict[str, tf.Tensor]:
-    """Greedy (beam 1) or beam search over a padded batch of source ids (graph mode).
-
-    `max_len` (a Python int) sizes the caches; each sentence's own limit is
-    `min(max_len, floor(max_len_a * src_len) + max_len_b)`. Shared by `Translator` and the
-    exported SavedModel (`nmt_kd.export`), so both decode exactly alike.
-    """
-    encoded = model.encode(src, training=False)
-    state = model.init_decode_state(encoded, max_len)
-    src_len = tf.reduce_sum(tf.cast(tf.not_equal(src, 0), tf.int32), axis=1)
-    limits = max_lengths_from_source(src_len, cfg.max_len_a, cfg.max_len_b, max_len)
-    batch = tf.shape(src)[0]
-    if beam == 1:
-        return greedy_search(model.decode_step, state, batch, max_len, limits)
-    return beam_search(model.decode_step, state, batch, beam, max_len, limits,
-                       length_penalty=cfg.length_penalty, nbest=nbest)
-
-
-def max_len_bucket(cfg: DecodeConfig, longest_src: int) -> int:
-    """The cache size for a batch whose longest source (eos included) has `longest_src` ids."""
-    want = scale_milli(cfg.max_len_a) * longest_src // 1000 + cfg.max_len_b
-    return int(min(cfg.max_len_cap, LEN_BUCKET * math.ceil(want / LEN_BUCKET)))
-
-
 class Translator:
-    """Batched translation with one model and its tokenizer.
+    """Batched translation through one backend.
 
-        tr = Translator(model, tokenizer, DecodeConfig(beam=5))
+        tr = Translator(model, tokenizer, DecodeConfig(beam=5))   # a Keras model
         tr.translate(["A dog runs."]).hypotheses   # ["Ein Hund rennt."]
+        Translator.from_backend(TFLiteBackend("exported/rnn", cfg))   # any other backend
     """
 
-    def __init__(self, model, tokenizer: Tokenizer, cfg: DecodeConfig):
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+    def __init__(self, model, tokenizer: Tokenizer | None, cfg: DecodeConfig):
+        self._bind(KerasBackend(model, tokenizer, cfg))
+
+    @classmethod
+    def from_backend(cls, backend: SearchBackend) -> Translator:
+        tr = cls.__new__(cls)
+        tr._bind(backend)
+        return tr
+
+    def _bind(self, backend: SearchBackend) -> None:
+        self.backend = backend
         self.line_offset = 0  # added to line numbers in messages (set per chunk by translate_stream)
-        self._fns: dict[tuple[int, int, int], tf.types.experimental.GenericFunction] = {}
 
-    def _decode_fn(self, beam: int, max_len: int, nbest: int):
-        key = (beam, max_len, nbest)
-        if key not in self._fns:
-            model, cfg = self.model, self.cfg
+    @property
+    def cfg(self) -> DecodeConfig:
+        return self.backend.cfg
 
-            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)],
-                         reduce_retracing=True)
-            def decode(src):
-                return decode_ids(model, cfg, src, beam, max_len, nbest)
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self.backend.tokenizer
 
-            self._fns[key] = decode
-        return self._fns[key]
-
-    def _decode_batch(self, src: np.ndarray, beam: int, max_len: int, nbest: int):
-        """Padded source ids `[B, S]` -> numpy (ids, lengths, scores) of the search."""
-        out = self._decode_fn(beam, max_len, nbest)(tf.constant(src))
-        return out["ids"].numpy(), out["lengths"].numpy(), out["scores"].numpy()
+    def params(self) -> int:
+        return self.backend.params()
 
     def encode_sources(self, lines: Sequence[str]) -> tuple[list[list[int]], int]:
         ids = self.tokenizer.encode(lines)
@@ -109,15 +86,13 @@ class Translator:
                 truncated += 1
         return [seq + [EOS_ID] if seq else [] for seq in ids], truncated
 
-    def _max_len(self, longest_src: int) -> int:
-        return max_len_bucket(self.cfg, longest_src)
-
     def translate(
         self, lines: Sequence[str], beam: int | None = None, batch_size: int | None = None,
         nbest: int = 1, progress: bool = False, sort: bool = True,
     ) -> TranslationResult:
         beam = beam or self.cfg.beam
         batch_size = batch_size or self.cfg.batch_size
+        self.backend.check(beam, nbest)
         if nbest > beam:
             raise UserError(f"n-best ({nbest}) cannot exceed the beam size ({beam})")
         t0 = time.perf_counter()
@@ -126,33 +101,34 @@ class Translator:
         hyps: list[str] = [""] * n
         counts = [0] * n
         nbest_out: list[list[tuple[str, float]]] | None = [[] for _ in range(n)] if nbest > 1 else None
-        todo = [i for i in range(n) if src_ids[i]]  # empty lines stay empty
-        if sort:
-            todo.sort(key=lambda i: len(src_ids[i]))
-        done = 0
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
-            width = max(len(src_ids[i]) for i in idx)
-            src = np.zeros((len(idx), width), dtype=np.int32)
-            for row, i in enumerate(idx):
-                src[row, : len(src_ids[i])] = src_ids[i]
-            ids, lengths, scores = self._decode_batch(src, beam, self._max_len(width), nbest)
-            if beam > 1:
-                if nbest_out is not None:
-                    for row, i in enumerate(idx):
-                        texts = self.tokenizer.decode(
-                            [ids[row, k, : lengths[row, k]] for k in range(nbest)])
-                        nbest_out[i] = list(zip(texts, scores[row].tolist(), strict=True))
-                ids, lengths = ids[:, 0], lengths[:, 0]
-            texts = self.tokenizer.decode([ids[row, : lengths[row]] for row in range(len(idx))])
+        total, done = sum(1 for seq in src_ids if seq), 0  # empty lines stay empty
+        for idx, src in length_sorted_batches(src_ids, batch_size, sort):
+            out = self.backend.search(SourceBatch(src, [lines[i] for i in idx]), beam,
+                                      max_len_bucket(self.cfg, src.shape[1]), nbest)
+            texts, lengths = self._hypotheses(out, idx, beam, nbest, nbest_out)
             for row, i in enumerate(idx):
                 hyps[i], counts[i] = texts[row], int(lengths[row])
             done += len(idx)
             if progress:
-                _progress(done, len(todo), time.perf_counter() - t0)
-        if progress and todo:
+                _progress(done, total, time.perf_counter() - t0)
+        if progress and total:
             print(file=sys.stderr)
         return TranslationResult(hyps, counts, time.perf_counter() - t0, truncated, nbest_out)
+
+    def _hypotheses(self, out: SearchOutput, idx: list[int], beam: int, nbest: int,
+                    nbest_out: list | None) -> tuple[list[str], object]:
+        """(best translation, its piece count) per row; fills `nbest_out[i]` when asked."""
+        if out.texts is not None:
+            return out.texts, out.lengths
+        ids, lengths, scores = out.ids, out.lengths, out.scores
+        if beam > 1:
+            if nbest_out is not None:
+                for row, i in enumerate(idx):
+                    texts = self.tokenizer.decode(
+                        [ids[row, k, : lengths[row, k]] for k in range(nbest)])
+                    nbest_out[i] = list(zip(texts, scores[row].tolist(), strict=True))
+            ids, lengths = ids[:, 0], lengths[:, 0]
+        return self.tokenizer.decode([ids[row, : lengths[row]] for row in range(len(idx))]), lengths
 
     def translate_stream(
         self, lines: Iterable[str], chunk_lines: int = CHUNK_LINES, beam: int | None = None,
@@ -180,24 +156,22 @@ class Translator:
 
 def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int]:
     """(translator, model meta, size on disk in bytes) for a model directory, an ensemble
-    directory or a TFLite export."""
-    from pathlib import Path
-
-    from nmt_kd.export import TFLITE_FILES
-    from nmt_kd.tflite_translate import TFLiteTranslator, is_tflite_dir
+    directory, a TFLite export or a SavedModel export."""
+    from nmt_kd.savedmodel_translate import SavedModelBackend, is_savedmodel_dir
+    from nmt_kd.tflite_translate import TFLiteBackend, is_tflite_dir
 
     model_dir = Path(model_dir)
-    if is_tflite_dir(model_dir):
-        tr = TFLiteTranslator(model_dir, cfg)
-        meta = dict(tr.meta, model_type=f"{tr.meta.get('model_type')}",
-                    format=f"tflite-{tr.meta['quantize']}")
-        return tr, meta, sum((model_dir / f).stat().st_size for f in TFLITE_FILES)
+    if is_tflite_dir(model_dir) or is_savedmodel_dir(model_dir):
+        backend = (TFLiteBackend if is_tflite_dir(model_dir) else SavedModelBackend)(model_dir, cfg)
+        meta = dict(backend.meta, model_type=f"{backend.meta.get('model_type')}",
+                    format=backend.format)
+        return Translator.from_backend(backend), meta, backend.size_bytes
     from nmt_kd.models.registry import load_model_dir, model_dir_bytes
 
     # an ensemble directory gives an Ensemble, which decodes through the same contract
     model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
-    meta = dict(meta, format=f"keras-{'bf16' if model.compute_dtype == 'bfloat16' else 'fp32'}")
-    return Translator(model, tokenizer, cfg), meta, model_dir_bytes(model_dir)
+    backend = KerasBackend(model, tokenizer, cfg)
+    return Translator.from_backend(backend), dict(meta, format=backend.format), model_dir_bytes(model_dir)
 
 
 def _progress(done: int, total: int, elapsed: float) -> None:

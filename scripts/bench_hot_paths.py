@@ -31,17 +31,18 @@ from pathlib import Path
 import numpy as np
 
 
-def python_loop_translator(base_cls):
+def python_loop_backend(model, tok, cfg):
+    """Greedy search with the token loop on the host (the baseline compiled loops replace)."""
     import tensorflow as tf
 
+    from nmt_kd.backends import KerasBackend, SearchOutput
+    from nmt_kd.decode_policy import sentence_limits_np
     from nmt_kd.tflite_translate import host_greedy_loop
 
-    class PythonLoop(base_cls):
-        """Greedy search with the token loop on the host (the baseline compiled loops replace)."""
-
-        def _decode_batch(self, src, beam, max_len, nbest):
+    class PythonLoop(KerasBackend):
+        def search(self, batch, beam, max_len, nbest):
             assert beam == 1
-            model = self.model
+            src = batch.ids
             if not hasattr(self, "_pl_step"):
                 self._pl_encode = {}
                 self._pl_step = tf.function(model.decode_step, reduce_retracing=True)
@@ -57,17 +58,21 @@ def python_loop_translator(base_cls):
                 nxt = logp.argmax(axis=-1).astype(np.int32)
                 return nxt, logp[np.arange(len(nxt)), nxt]
 
-            return host_greedy_loop(step, src, self.cfg, max_len)
+            limits = sentence_limits_np(src, self.cfg, max_len)
+            return SearchOutput(*host_greedy_loop(step, len(src), limits, max_len))
 
-    return PythonLoop
+    return PythonLoop(model, tok, cfg)
 
 
-def one_bucket_translator(base_cls):
-    class OneBucket(base_cls):
-        def _max_len(self, longest_src: int) -> int:
-            return self.cfg.max_len_cap
+def one_bucket_backend(model, tok, cfg):
+    """Every batch searched with the largest bound (`decode.max_len_cap`), not its bucket."""
+    from nmt_kd.backends import KerasBackend
 
-    return OneBucket
+    class OneBucket(KerasBackend):
+        def search(self, batch, beam, max_len, nbest):
+            return super().search(batch, beam, self.cfg.max_len_cap, nbest)
+
+    return OneBucket(model, tok, cfg)
 
 
 def decode_variants(model_dir: str, lines: list[str], beams: list[int], repeats: int,
@@ -82,9 +87,9 @@ def decode_variants(model_dir: str, lines: list[str], beams: list[int], repeats:
     for beam in beams:
         variants = {"default": (Translator(model, tok, cfg), True),
                     "unsorted": (Translator(model, tok, cfg), False),
-                    "one_bucket": (one_bucket_translator(Translator)(model, tok, cfg), True)}
+                    "one_bucket": (Translator.from_backend(one_bucket_backend(model, tok, cfg)), True)}
         if beam == 1:
-            variants["python_loop"] = (python_loop_translator(Translator)(model, tok, cfg), True)
+            variants["python_loop"] = (Translator.from_backend(python_loop_backend(model, tok, cfg)), True)
         outputs = {}
         for name, (tr, sort) in variants.items():  # warm-up: traces every shape
             outputs[name] = tr.translate(lines, beam=beam, batch_size=batch_size, sort=sort).hypotheses

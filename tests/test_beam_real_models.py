@@ -1,6 +1,6 @@
 """Beam search on the real models: the cached decoder step against teacher-forced calls.
 
-`nmt_kd.translate.decode_ids` runs the beam search of `nmt_kd.decoding` over each model's
+`nmt_kd.backends.decode_ids` runs the beam search of `nmt_kd.decoding` over each model's
 incremental `decode_step` (tiled, reordered caches). Here a plain-Python beam of the same
 rules (top 2K expansions, K alive, K finished, GNMT penalty, the bound rule) gets every
 log-probability from a fresh teacher-forced `model((src, [bos] + prefix))` call instead, so a
@@ -16,9 +16,9 @@ import tensorflow as tf
 from conftest import clone_run
 
 from nmt_kd import BOS_ID, EOS_ID
+from nmt_kd.backends import decode_ids
 from nmt_kd.config import DecodeConfig, config_from_dict
 from nmt_kd.fileio import read_lines
-from nmt_kd.translate import decode_ids
 
 K = 3
 MAX_LEN = 24
@@ -131,7 +131,8 @@ def test_beam_of_one_without_length_penalty_is_greedy_on_the_real_model(models, 
     ends. Exactly that is checked, with every log-prob from a teacher-forced call on
     greedy's output (as `decoding.beam_search`'s docstring says).
     """
-    from nmt_kd.decoding import beam_search, greedy_search, max_lengths_from_source
+    from nmt_kd.decode_policy import max_lengths_from_source
+    from nmt_kd.decoding import beam_search, greedy_search
 
     (model, tok), lines = models[0][name], models[1]
     src = _source_batch(tok, lines)

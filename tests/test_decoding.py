@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 from nmt_kd import BOS_ID, EOS_ID, PAD_ID
+from nmt_kd.decode_policy import max_lengths_from_source
 from nmt_kd.decoding import (
     beam_search,
     greedy_search,
-    max_lengths_from_source,
     tile_state,
 )
 

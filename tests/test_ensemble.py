@@ -11,6 +11,7 @@ import tensorflow as tf
 from conftest import clone_run
 from seq2seq_harness import greedy_eager, teacher_forced
 
+from nmt_kd.backends import SourceBatch
 from nmt_kd.config import DecodeConfig, config_from_dict
 from nmt_kd.errors import UserError
 from nmt_kd.models.ensemble import Ensemble, create_ensemble_dir
@@ -99,7 +100,7 @@ def test_ensemble_greedy_is_the_argmax_of_its_teacher_forced_call(members):
     np.testing.assert_allclose(forced, step_scores, atol=1e-4)
     # the graph search (nested state, tf.while_loop) agrees with the eager loop
     tr = Translator(ens, None, DecodeConfig(max_len_cap=32, max_len_a=0.0, max_len_b=7))
-    ids, lengths, _ = tr._decode_batch(src, 1, 16, 1)
+    ids, lengths, _, _ = tr.backend.search(SourceBatch(src, []), 1, 16, 1)
     for row in range(len(src)):
         want = list(generated[row])
         want = want[: want.index(3)] if 3 in want else want

@@ -121,6 +121,17 @@ def test_savedmodel_equals_translator_in_a_process_without_nmt_kd(trained, tmp_p
     got = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
     assert got[:-1] == [expected.hypotheses[i] for i in keep] and got[-1] == ""
 
+    # in this process too, the export is one more backend of `Translator` (its beam fixed)
+    from nmt_kd.translate import open_translator
+
+    tr, meta, size = open_translator(out, cfg.decode)
+    assert (meta["format"], meta["beam"], tr.cfg.beam) == ("savedmodel", beam, beam) and size > 0
+    assert tr.params() == model.count_params()
+    got = tr.translate([normalize(x) for x in lines], batch_size=5)
+    assert got.hypotheses == expected.hypotheses and got.truncated == expected.truncated
+    with pytest.raises(UserError, match=f"exported with beam {beam}"):
+        tr.translate(lines[:2], beam=beam + 1)
+
 
 def test_export_refuses_a_non_empty_output_directory(trained, tmp_path):
     from nmt_kd.export import export_savedmodel
@@ -139,7 +150,7 @@ def test_tflite_student_fp32_equals_translator_and_int8_is_smaller(trained, tmp_
     from nmt_kd.export import export_tflite
     from nmt_kd.fileio import read_lines
     from nmt_kd.models.registry import load_model_dir
-    from nmt_kd.tflite_translate import TFLiteTranslator
+    from nmt_kd.tflite_translate import TFLiteBackend
     from nmt_kd.translate import Translator, open_translator
 
     run, cfg = trained
@@ -150,11 +161,12 @@ def test_tflite_student_fp32_equals_translator_and_int8_is_smaller(trained, tmp_
     int8 = export_tflite(run / "student_rnn", tmp_path / "int8", cfg.decode, quantize="int8", log=quiet)
     for bs in (1, 4, 16):  # several batch shapes: the interpreters are resized between batches
         want = expected.translate(lines, beam=1, batch_size=bs)
-        got = TFLiteTranslator(fp32, cfg.decode).translate(lines, beam=1, batch_size=bs)
+        got = Translator.from_backend(TFLiteBackend(fp32, cfg.decode)).translate(
+            lines, beam=1, batch_size=bs)
         assert got.hypotheses == want.hypotheses
         assert got.token_counts == want.token_counts
     assert sum(bool(h) for h in want.hypotheses) >= len(lines) // 2
-    q = TFLiteTranslator(int8, cfg.decode).translate(lines, beam=1, batch_size=16)
+    q = Translator.from_backend(TFLiteBackend(int8, cfg.decode)).translate(lines, beam=1, batch_size=16)
     assert len(q.hypotheses) == len(lines) and q.hypotheses[-len(EDGE_LINES)] == ""
     agree = np.mean([a == b for a, b in zip(q.hypotheses, want.hypotheses, strict=True)])
     assert agree >= 0.5  # int8 weights change a few argmaxes, not most of them
@@ -175,7 +187,7 @@ def test_tflite_cnn_student_equals_translator(trained, tmp_path):
     from nmt_kd.export import export_tflite
     from nmt_kd.fileio import read_lines
     from nmt_kd.models.registry import load_model_dir
-    from nmt_kd.tflite_translate import TFLiteTranslator
+    from nmt_kd.tflite_translate import TFLiteBackend
     from nmt_kd.train import train_model
     from nmt_kd.translate import Translator
 
@@ -189,7 +201,7 @@ def test_tflite_cnn_student_equals_translator(trained, tmp_path):
     model, tok, _ = load_model_dir(run / "student_cnn", "fp32")
     want = Translator(model, tok, cfg.decode).translate(lines, beam=1, batch_size=8)
     out = export_tflite(run / "student_cnn", tmp_path / "cnn", cfg.decode, quantize="none", log=quiet)
-    got = TFLiteTranslator(out, cfg.decode).translate(lines, beam=1, batch_size=8)
+    got = Translator.from_backend(TFLiteBackend(out, cfg.decode)).translate(lines, beam=1, batch_size=8)
     assert got.hypotheses == want.hypotheses
     assert sum(bool(h) for h in want.hypotheses) >= len(lines) // 2
     assert len(_shaped(out / "step.tflite", [tok.vocab_size, 48])) == 1
