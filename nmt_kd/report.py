@@ -15,9 +15,9 @@ import html
 from collections.abc import Callable
 from pathlib import Path
 
+from nmt_kd.analysis import LENGTH_BUCKETS
 from nmt_kd.fileio import atomic_open, read_json, read_lines, write_json
 
-LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 30), (31, 10**9))
 ALPHA = 0.05  # family-wise error rate of the Holm-corrected tests
 
 
@@ -524,7 +524,7 @@ def build_report(run_dir: str | Path, title: str = "nmt-kd report", bootstrap: i
     buckets = length_buckets(run, rows, shown)
     plots = _plots(run, groups, buckets, out)
     examples = _examples(run, rows, shown)
-    from nmt_kd.analysis import analyze_run  # one-way: analysis imports report, not back
+    from nmt_kd.analysis import analyze_run  # one-way: report imports analysis, not back
 
     analysis_md, analysis_html, analysis = analyze_run(run, rows, bootstrap or 1000, log)
     answer = headline(groups, sig)
