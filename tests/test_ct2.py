@@ -1,0 +1,131 @@
+"""CTranslate2 export of the teacher: the CT2 model decodes like the TensorFlow search.
+
+A tiny teacher with every weight random (biases, LayerNorm gains and the output bias too, so
+a weight written to the wrong place cannot hide behind a zero) is exported; then on the same
+source ids: greedy outputs are equal token for token, beam-5 outputs equal on most
+sentences, and teacher-forced log-probs (`ctranslate2.Translator.score_batch`) agree.
+"""
+
+import numpy as np
+import pytest
+
+ctranslate2 = pytest.importorskip("ctranslate2")
+
+from nmt_kd import EOS_ID  # noqa: E402
+from nmt_kd.config import DecodeConfig  # noqa: E402
+from nmt_kd.fileio import read_lines  # noqa: E402
+
+VARIANTS = {
+    "prenorm_relu_bias": (dict(pre_norm=True, activation="relu", output_bias=True), {"eos_bias": 14.0}),
+    "postnorm_gelu_nobias": (dict(pre_norm=False, activation="gelu", output_bias=False), {"eos_scale": 3.5}),
+}
+
+
+def _randomize(model, seed: int, boost: dict) -> None:
+    rng = np.random.default_rng(seed)
+    weights = []
+    for v in model.weights:
+        name, shape = v.path.split("/")[-1], tuple(v.shape)
+        if name == "gamma":
+            w = 1.0 + 0.2 * rng.standard_normal(shape)
+        elif name == "embeddings":
+            w = 0.5 * rng.standard_normal(shape)  # peaked logits: few near-ties
+        else:
+            w = 0.2 * rng.standard_normal(shape)
+        # a random model rarely picks eos: push it up so that some outputs end with eos
+        if name == "embeddings" and "eos_scale" in boost:
+            w[EOS_ID] *= boost["eos_scale"]
+        if name == "output_bias" and "eos_bias" in boost:
+            w[EOS_ID] += boost["eos_bias"]
+        weights.append(w.astype(np.float32))
+    model.set_weights(weights)
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def pair(request, tiny_run, tmp_path_factory):
+    """(TF Translator, CT2Translator, source ids [B, S]) for one random teacher variant."""
+    from nmt_kd.ct2 import CT2Translator, export_ctranslate2
+    from nmt_kd.models.registry import save_model_dir
+    from nmt_kd.models.teacher_transformer import TransformerTeacher
+    from nmt_kd.tokenizer import Tokenizer
+    from nmt_kd.translate import Translator
+
+    run, _ = tiny_run
+    tok = Tokenizer(run / "vocab/spm.model")
+    model = TransformerTeacher(vocab_size=tok.vocab_size, d_model=32, num_encoder_layers=2,
+                               num_decoder_layers=2, num_heads=4, ff_dim=64, dropout=0.0,
+                               max_positions=128, **VARIANTS[request.param][0])
+    model.build()
+    _randomize(model, seed=len(request.param), boost=VARIANTS[request.param][1])
+    base = tmp_path_factory.mktemp(f"ct2_{request.param}")
+    save_model_dir(model, base / "teacher", tok, {"model_type": "teacher", "kd": "none"})
+    export_ctranslate2(base / "teacher", base / "ct2", log=lambda _m: None)
+    cfg = DecodeConfig(max_len_a=1.2, max_len_b=3)  # limits bind often on a random model
+    tf_tr, ct_tr = Translator(model, tok, cfg), CT2Translator(base / "ct2", cfg, intra_threads=1)
+    lines = read_lines(run / "data/test.src") + read_lines(run / "data/valid.src")
+    ids, _ = tf_tr.encode_sources(lines)
+    ids = [s for s in ids if s]
+    src = np.zeros((len(ids), max(map(len, ids))), np.int32)
+    for i, seq in enumerate(ids):
+        src[i, :len(seq)] = seq
+    return tf_tr, ct_tr, src
+
+
+def _max_len(tr, src):
+    return tr._max_len(src.shape[1])
+
+
+def test_greedy_tokens_equal_the_tf_greedy_search(pair):
+    tf_tr, ct_tr, src = pair
+    max_len = _max_len(tf_tr, src)
+    a_ids, a_len, a_sc = tf_tr._decode_batch(src, 1, max_len, 1)
+    b_ids, b_len, b_sc = ct_tr._decode_batch(src, 1, max_len, 1)
+    np.testing.assert_array_equal(b_len, a_len)
+    np.testing.assert_array_equal(b_ids, a_ids)
+    np.testing.assert_allclose(b_sc, a_sc, rtol=1e-4, atol=2e-3)
+    assert (a_len == ct_tr._limits(src, max_len)).any()  # some hit their limit (no eos)
+    assert (a_len < ct_tr._limits(src, max_len)).any()  # and some ended with eos
+
+
+def test_beam_outputs_match_the_tf_beam_search_on_most_sentences(pair):
+    tf_tr, ct_tr, src = pair
+    max_len = _max_len(tf_tr, src)
+    a_ids, a_len, a_sc = tf_tr._decode_batch(src, 5, max_len, 1)
+    b_ids, b_len, b_sc = ct_tr._decode_batch(src, 5, max_len, 1)
+    same = (a_len[:, 0] == b_len[:, 0]) & (a_ids[:, 0] == b_ids[:, 0]).all(axis=1)
+    assert same.mean() >= 0.85, f"only {same.sum()}/{len(same)} beam outputs equal"
+    # where the outputs agree, so do their GNMT-normalised scores
+    np.testing.assert_allclose(b_sc[same, 0], a_sc[same, 0], rtol=1e-4, atol=2e-3)
+    # where they differ, CT2's search stopped earlier: ours never scores worse
+    assert (a_sc[~same, 0] >= b_sc[~same, 0] - 2e-3).all()
+
+
+def test_teacher_forced_log_probs_match_score_batch(pair):
+    import tensorflow as tf
+
+    tf_tr, ct_tr, src = pair
+    rng = np.random.default_rng(0)
+    vocab = ct_tr.tokenizer.vocab_size
+    tgts = [list(rng.integers(4, vocab, size=int(n))) for n in rng.integers(1, 12, len(src))]
+    width = max(map(len, tgts)) + 1
+    tgt_in = np.zeros((len(src), width), np.int32)
+    for i, t in enumerate(tgts):
+        tgt_in[i, :len(t) + 1] = [2, *t]  # BOS_ID then the tokens
+    logits = tf_tr.model((tf.constant(src), tf.constant(tgt_in)), training=False)
+    log_probs = tf.nn.log_softmax(logits, axis=-1).numpy()
+    src_tokens = [[ct_tr.pieces[i] for i in row if i] for row in src.tolist()]
+    results = ct_tr.ct2.score_batch(src_tokens, [[ct_tr.pieces[i] for i in t] for t in tgts])
+    for i, (t, res) in enumerate(zip(tgts, results, strict=True)):
+        gold = [*t, EOS_ID]  # CT2 scores the target followed by eos
+        want = log_probs[i, np.arange(len(gold)), gold]
+        np.testing.assert_allclose(res.log_probs, want, rtol=1e-4, atol=2e-3)
+
+
+def test_translate_text_is_the_same_through_both_engines(pair, tiny_run):
+    tf_tr, ct_tr, _ = pair
+    run, _ = tiny_run
+    lines = read_lines(run / "data/test.src")[:12] + [""]
+    a = tf_tr.translate(lines, beam=1, batch_size=5)
+    b = ct_tr.translate(lines, beam=1, batch_size=5)
+    assert b.hypotheses == a.hypotheses and b.token_counts == a.token_counts
+    assert b.hypotheses[-1] == ""
