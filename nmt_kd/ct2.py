@@ -233,6 +233,7 @@ class CT2Translator(Translator):
         if not is_ct2_dir(ct2_dir):
             raise UserError(f"{ct2_dir}: not a CTranslate2 export (no {CT2_META} and model.bin)")
         self.meta = read_json(ct2_dir / CT2_META)
+        self.meta_dir = ct2_dir
         super().__init__(_Model(int(self.meta.get("params", 0))),
                          Tokenizer(ct2_dir / "spm.model"), cfg)
         self.compute_type = (compute_type or os.environ.get("NMT_KD_CT2_COMPUTE_TYPE")
@@ -292,3 +293,19 @@ class CT2Translator(Translator):
             out.append((tokens, float(log_prob / gnmt_penalty(length, self.cfg.length_penalty))))
         out.sort(key=lambda t: -t[1])  # stable: CTranslate2's order breaks ties
         return out
+
+
+def ct2_translator_or_none(model_dir: str | Path, cfg: DecodeConfig):
+    """(CT2Translator, meta, size on disk) for a CTranslate2 export directory, else None.
+
+    The hook `open_translator` and `distill` call: a CTranslate2 directory decodes there, any
+    other directory goes on to its usual loader. Compute type and threads: ct2.json's, or
+    the environment's NMT_KD_CT2_COMPUTE_TYPE / NMT_KD_CT2_THREADS.
+    """
+    model_dir = Path(model_dir)
+    if not is_ct2_dir(model_dir):
+        return None
+    tr = CT2Translator(model_dir, cfg)
+    meta = dict(tr.meta, format=f"ctranslate2-{tr.compute_type}")
+    size = sum(f.stat().st_size for f in model_dir.iterdir() if f.is_file())
+    return tr, meta, size

@@ -180,13 +180,17 @@ class Translator:
 
 def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int]:
     """(translator, model meta, size on disk in bytes) for a model directory, an ensemble
-    directory or a TFLite export."""
+    directory, a TFLite export or a CTranslate2 export (`nmt_kd.ct2`)."""
     from pathlib import Path
 
     from nmt_kd.export import TFLITE_FILES
     from nmt_kd.tflite_translate import TFLiteTranslator, is_tflite_dir
 
     model_dir = Path(model_dir)
+    from nmt_kd.ct2 import ct2_translator_or_none
+
+    if (found := ct2_translator_or_none(model_dir, cfg)) is not None:
+        return found
     if is_tflite_dir(model_dir):
         tr = TFLiteTranslator(model_dir, cfg)
         meta = dict(tr.meta, model_type=f"{tr.meta.get('model_type')}",

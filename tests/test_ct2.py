@@ -129,3 +129,57 @@ def test_translate_text_is_the_same_through_both_engines(pair, tiny_run):
     b = ct_tr.translate(lines, beam=1, batch_size=5)
     assert b.hypotheses == a.hypotheses and b.token_counts == a.token_counts
     assert b.hypotheses[-1] == ""
+
+
+def test_cli_export_then_translate_and_evaluate_with_the_ct2_directory(pair, tiny_run, tmp_path):
+    from nmt_kd.cli import main
+    from nmt_kd.ct2 import CT2Translator
+    from nmt_kd.fileio import read_json
+    from nmt_kd.translate import open_translator
+
+    tf_tr, ct_tr, _ = pair
+    run, _ = tiny_run
+    model_dir = ct_tr.meta["model_dir"]
+    out = tmp_path / "ct2"
+    sets = ["--set", "decode.max_len_a=1.2", "--set", "decode.max_len_b=3"]
+    assert main(["export", "--format", "ctranslate2", "--model", model_dir, "--out", str(out)]) == 0
+    assert read_json(out / "ct2.json")["compute_type"] == "default"
+    tr, meta, size = open_translator(out, DecodeConfig())
+    assert isinstance(tr, CT2Translator) and meta["format"] == "ctranslate2-default" and size > 0
+    src = run / "data/test.src"
+    for engine_dir, name in ((model_dir, "tf.txt"), (str(out), "ct2.txt")):
+        assert main(["translate", *sets, "--model", engine_dir, "--beam", "1", "-i", str(src),
+                     "-o", str(tmp_path / name)]) == 0
+    assert read_lines(tmp_path / "ct2.txt") == read_lines(tmp_path / "tf.txt")
+    metrics = tmp_path / "m.json"
+    assert main(["evaluate", *sets, "--model", str(out), "--src", str(src), "--ref",
+                 str(run / "data/test.tgt"), "--beam", "5", "--out", str(metrics)]) == 0
+    assert read_json(metrics)["format"] == "ctranslate2-default"
+    # int8 weights: a smaller directory that loads with compute type int8
+    assert main(["export", "--format", "ctranslate2", "--quantize", "int8", "--model", model_dir,
+                 "--out", str(tmp_path / "ct2_int8")]) == 0
+    tr8, meta8, size8 = open_translator(tmp_path / "ct2_int8", DecodeConfig())
+    assert meta8["format"] == "ctranslate2-int8" and size8 < size
+    assert len(tr8.translate(read_lines(src)[:4], beam=2).hypotheses) == 4
+
+
+def test_distill_translates_shards_with_a_ct2_teacher(pair, tiny_run, tmp_path):
+    import json
+
+    from conftest import clone_run
+
+    from nmt_kd.config import config_from_dict
+    from nmt_kd.ct2 import CT2Translator
+    from nmt_kd.distill import shard_path, translate_shards
+
+    _, ct_tr, _ = pair
+    run, tree = clone_run(tiny_run, tmp_path)
+    tree["distill"] = dict(tree.get("distill", {}), beam=2, nbest=2, shard_size=100)
+    cfg = config_from_dict(tree)
+    done = translate_shards(cfg, run, teacher_dir=ct_tr.meta_dir, log=lambda _m: None)
+    assert done
+    records = [json.loads(line) for line in shard_path(run, 0).read_text().splitlines()]
+    assert len(records) == 100 and all(len(r["nbest"]) == 2 for r in records if r.get("nbest"))
+    src = read_lines(run / "data/train.src")[:100]
+    same_cfg = CT2Translator(ct_tr.meta_dir, cfg.decode)
+    assert [r["hyp"] for r in records] == same_cfg.translate(src, beam=2).hypotheses
