@@ -17,9 +17,12 @@ TensorFlow search; tokenization, sorting, batching and the output stay those of
 `Translator`. Its search follows `nmt_kd.decoding` as far as CTranslate2 allows:
 
 * length limits: each sentence's limit `min(max_len, floor(max_len_a * src_len) +
-  max_len_b)` (src_len counts eos) is passed as CTranslate2's `max_decoding_length`, one
-  call per distinct limit within a batch; a hypothesis that reaches it ends there without
-  eos, as in our search; `min_decoding_length=0` (eos may come first, an empty output);
+  max_len_b)` (src_len counts eos) is CTranslate2's `max_decoding_length`; a hypothesis
+  that reaches it ends there without eos, as in our search; `min_decoding_length=0` (eos
+  may come first, an empty output). Beam search: one call per distinct limit within a
+  batch. Greedy: one call under the batch's longest limit, outputs cut at each sentence's
+  own limit (greedy is prefix-stable), and only the sentences that reach their limit are
+  decoded again under it, for the score of a forced end;
 * greedy: the same argmax path; scores are the summed log-probs, eos included;
 * beam: CTranslate2 divides by `length ** alpha`, not our GNMT `((5 + length) / 6) **
   alpha`. So the search is run with a negligible penalty (`LP_EPS`, which also turns off
@@ -264,24 +267,47 @@ class CT2Translator(Translator):
             ids = np.zeros([batch, nbest, max_len], np.int32)
             lengths = np.zeros([batch, nbest], np.int32)
             scores = np.zeros([batch, nbest], np.float32)
+        if beam == 1:
+            # Greedy under the batch's longest limit gives every sentence the output it has
+            # under its own limit, cut there; only the few that reach their limit are decoded
+            # again under it, for the score of a forced end (no eos).
+            again = self._greedy(tokens, np.arange(batch), int(limits.max()), limits,
+                                 ids, lengths, scores)
+            for limit in np.unique(limits[again]):
+                self._greedy(tokens, again[limits[again] == limit], int(limit), limits,
+                             ids, lengths, scores)
+            return ids, lengths, scores
+        # Beam search is not prefix-stable: one call per distinct limit.
         for limit in np.unique(limits):
             rows = np.flatnonzero(limits == limit)
-            results = self.ct2.translate_batch(
-                [tokens[r] for r in rows], beam_size=beam, num_hypotheses=beam,
-                length_penalty=0.0 if beam == 1 else LP_EPS, patience=1.0,
-                max_decoding_length=int(limit), min_decoding_length=0, max_input_length=0,
-                return_scores=True, return_end_token=True)
-            for r, res in zip(rows, results, strict=True):
+            for r, res in zip(rows, self._call(tokens, rows, beam, int(limit)), strict=True):
                 hyps = [[self.piece_ids[p] for p in h] for h in res.hypotheses]
-                if beam == 1:
-                    seq = hyps[0][:-1] if hyps[0] and hyps[0][-1] == EOS_ID else hyps[0]
-                    ids[r, :len(seq)] = seq
-                    lengths[r], scores[r] = len(seq), res.scores[0]
-                    continue
                 for k, (seq, score) in enumerate(self._rerank(hyps, res.scores)[:nbest]):
                     ids[r, k, :len(seq)] = seq
                     lengths[r, k], scores[r, k] = len(seq), score
         return ids, lengths, scores
+
+    def _call(self, tokens, rows, beam: int, limit: int):
+        return self.ct2.translate_batch(
+            [tokens[r] for r in rows], beam_size=beam, num_hypotheses=beam,
+            length_penalty=0.0 if beam == 1 else LP_EPS, patience=1.0,
+            max_decoding_length=limit, min_decoding_length=0, max_input_length=0,
+            return_scores=True, return_end_token=True)
+
+    def _greedy(self, tokens, rows, limit: int, limits, ids, lengths, scores) -> np.ndarray:
+        """Greedy-decode `rows` under `limit`; fill their outputs; return the rows that
+        reached their own limit without eos before it (to decode again under it)."""
+        again = []
+        for r, res in zip(rows, self._call(tokens, rows, 1, limit), strict=True):
+            seq = [self.piece_ids[p] for p in res.hypotheses[0]]
+            if seq and seq[-1] == EOS_ID:
+                seq = seq[:-1]
+            if len(seq) >= limits[r] and limit != limits[r]:
+                again.append(r)
+                seq = seq[:limits[r]]
+            ids[r, :len(seq)] = seq
+            lengths[r], scores[r] = len(seq), res.scores[0]
+        return np.asarray(again, np.int64)
 
     def _rerank(self, hyps: list[list[int]], scores: list[float]) -> list[tuple[list[int], float]]:
         """CTranslate2's finished hypotheses (eos included) -> (tokens, our GNMT score), best first."""
