@@ -184,6 +184,7 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
     """
     import numpy as np
 
+    from nmt_kd.ct2 import is_ct2_dir
     from nmt_kd.dataset import BatchStream, encode_pairs
     from nmt_kd.losses import label_smoothed_ce
     from nmt_kd.models.ensemble import is_ensemble_dir
@@ -195,7 +196,7 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
     src, tgt = load_pairs(run_dir, "train")
     entries, tokenizer_sha = [], None
     for d in model_dirs:
-        if is_tflite_dir(d) or is_ensemble_dir(d):
+        if is_tflite_dir(d) or is_ct2_dir(d) or is_ensemble_dir(d):
             continue  # inference only: an export, or an ensemble of frozen models
         model, tok, meta = load_model_dir(d)
         arch = meta.get("model_type") or "teacher"
