@@ -231,6 +231,7 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
 def _training_entries(model_dirs: list[str | Path], cfg, log: Callable[[str], None]) -> list[dict]:
     """A model, its tokenizer and a compiled train step for each trainable model directory
     (exports and ensembles are skipped, and models whose tokenizer differs from the first)."""
+    from nmt_kd.ct2 import is_ct2_dir
     from nmt_kd.losses import label_smoothed_ce
     from nmt_kd.models.ensemble import is_ensemble_dir
     from nmt_kd.models.registry import load_model_dir
@@ -240,7 +241,7 @@ def _training_entries(model_dirs: list[str | Path], cfg, log: Callable[[str], No
 
     entries, tokenizer_sha = [], None
     for d in model_dirs:
-        if is_tflite_dir(d) or is_savedmodel_dir(d) or is_ensemble_dir(d):
+        if is_tflite_dir(d) or is_savedmodel_dir(d) or is_ct2_dir(d) or is_ensemble_dir(d):
             continue  # inference only: an export, or an ensemble of frozen models
         model, tok, meta = load_model_dir(d)
         arch = meta.get("model_type") or "teacher"

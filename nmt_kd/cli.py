@@ -255,10 +255,14 @@ def cmd_export(args) -> int:
         from nmt_kd.export import export_savedmodel
 
         export_savedmodel(args.model, args.out, _decode_config(args), beam=args.beam)
+    elif args.format == "ctranslate2":
+        from nmt_kd.ct2 import export_ctranslate2
+
+        export_ctranslate2(args.model, args.out, quantize=args.quantize or "none")
     else:
         from nmt_kd.export import export_tflite
 
-        export_tflite(args.model, args.out, _decode_config(args), quantize=args.quantize)
+        export_tflite(args.model, args.out, _decode_config(args), quantize=args.quantize or "int8")
     return 0
 
 
@@ -383,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("translate", help="translate a file or stdin with a trained model")
     _add_config_args(p)
     p.add_argument("--model", required=True,
-                   help="model directory (e.g. runs/x/teacher), ensemble directory or TFLite "
-                   "export directory")
+                   help="model directory (e.g. runs/x/teacher), ensemble directory, TFLite "
+                   "export directory or CTranslate2 export directory")
     p.add_argument("--input", "-i", help="input file (default: stdin)")
     p.add_argument("--output", "-o", help="output file (default: stdout)")
     p.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy; default decode.beam)")
@@ -395,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="sacreBLEU/chrF/TER and decoding speed on a test set")
     _add_config_args(p)
-    p.add_argument("--model", required=True, help="model or ensemble directory")
+    p.add_argument("--model", required=True,
+                   help="model or ensemble directory (or a TFLite or CTranslate2 export)")
     p.add_argument("--src", required=True, help="source file")
     p.add_argument("--ref", required=True, help="reference file")
     p.add_argument("--beam", type=int, default=None, help="default: decode.beam of --config")
@@ -443,15 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model for serving (text in, text out)")
     _add_config_args(p)
     p.add_argument("--model", required=True, help="model directory (e.g. runs/x/student_rnn)")
-    p.add_argument("--format", choices=["savedmodel", "tflite", "bundle"], default="savedmodel",
+    p.add_argument("--format", choices=["savedmodel", "tflite", "bundle", "ctranslate2"],
+                   default="savedmodel",
                    help="bundle: the model directory as one file (float16 weights) that a "
-                        "pipeline can start from (train.init)")
+                        "pipeline can start from (train.init); ctranslate2: the Transformer "
+                        "teacher as a CTranslate2 model directory, which translate, evaluate "
+                        "and distill (--teacher) accept as --model (needs nmt-kd[ct2])")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty); "
                    "for --format bundle, the bundle file")
     p.add_argument("--beam", type=int, default=None,
                    help="savedmodel: beam size baked into the graph (1 = greedy; default decode.beam)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="int8",
-                   help="tflite: int8 weights (dynamic-range quantization) or float32")
+    p.add_argument("--quantize", choices=["none", "int8"], default=None,
+                   help="tflite: int8 weights (dynamic-range quantization, the default) or "
+                   "float32; ctranslate2: float32 weights (the default) or int8")
     p.set_defaults(func=cmd_export)
 
     _add_ensemble_parser(sub)

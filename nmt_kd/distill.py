@@ -124,8 +124,15 @@ def translate_shards(
         return []
     if translator is None:
         teacher_dir = Path(teacher_dir or run_dir / "teacher")
-        model, tokenizer, _ = load_model_dir(teacher_dir, cfg.decode.precision)
-        translator = Translator(model, tokenizer, cfg.decode)
+        from nmt_kd.ct2 import is_ct2_dir
+        from nmt_kd.translate import open_translator
+
+        # a CTranslate2 export of the teacher (nmt-kd export --format ctranslate2) decodes there
+        if is_ct2_dir(teacher_dir):
+            translator = open_translator(teacher_dir, cfg.decode)[0]
+        else:
+            model, tokenizer, _ = load_model_dir(teacher_dir, cfg.decode.precision)
+            translator = Translator(model, tokenizer, cfg.decode)
     nbest = max(dc.nbest, dc.beam if dc.seq_inter else 1)
     metric = _sentence_metric(dc.seq_inter_metric) if dc.seq_inter else None
     t0, lines_done = time.perf_counter(), 0

@@ -156,13 +156,18 @@ class Translator:
 
 def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int]:
     """(translator, model meta, size on disk in bytes) for a model directory, an ensemble
-    directory, a TFLite export or a SavedModel export."""
+    directory, a TFLite export, a SavedModel export or a CTranslate2 export (`nmt_kd.ct2`)."""
+    from nmt_kd.ct2 import CT2Backend, is_ct2_dir
     from nmt_kd.savedmodel_translate import SavedModelBackend, is_savedmodel_dir
     from nmt_kd.tflite_translate import TFLiteBackend, is_tflite_dir
 
     model_dir = Path(model_dir)
-    if is_tflite_dir(model_dir) or is_savedmodel_dir(model_dir):
-        backend = (TFLiteBackend if is_tflite_dir(model_dir) else SavedModelBackend)(model_dir, cfg)
+    exports = [(is_tflite_dir, TFLiteBackend), (is_savedmodel_dir, SavedModelBackend),
+               (is_ct2_dir, CT2Backend)]
+    for is_kind, kind in exports:
+        if not is_kind(model_dir):
+            continue
+        backend = kind(model_dir, cfg)
         meta = dict(backend.meta, model_type=f"{backend.meta.get('model_type')}",
                     format=backend.format)
         return Translator.from_backend(backend), meta, backend.size_bytes
