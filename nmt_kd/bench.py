@@ -150,7 +150,8 @@ def cpu_peak_flops(precision: str, cores: int | None = None, ghz: float | None =
 def param_split(model) -> dict:
     """Parameters by role, for a flop estimate: encoder, decoder (output layer included:
     the tied `[V, E]` matrix counts as the decoder's output projection) and lookups (position
-    tables, no flops). Classified by variable path: `encoder*` / `src_*` is the encoder."""
+    tables, no flops). Classified by variable path: `encoder*` / `src_*` is the encoder.
+    The default of every architecture; one may register its own (`Architecture.param_split`)."""
     enc = dec = lookup = 0
     for v in model.trainable_variables:
         parts = v.path.split("/")
@@ -187,7 +188,7 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
     from nmt_kd.dataset import BatchStream, encode_pairs
     from nmt_kd.losses import label_smoothed_ce
     from nmt_kd.models.ensemble import is_ensemble_dir
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.registry import architecture_of, load_model_dir
     from nmt_kd.tflite_translate import is_tflite_dir
     from nmt_kd.train import load_pairs, make_optimizer, make_train_step, train_section
 
@@ -198,7 +199,8 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
         if is_tflite_dir(d) or is_ensemble_dir(d):
             continue  # inference only: an export, or an ensemble of frozen models
         model, tok, meta = load_model_dir(d)
-        arch = meta.get("model_type") or "teacher"
+        entry = architecture_of(meta, model)
+        arch = meta.get("model_type") or (entry.name if entry else "teacher")
         sha = meta.get("tokenizer_sha256")
         if tokenizer_sha and sha and sha != tokenizer_sha:
             log(f"bench training: {d} uses another tokenizer than {entries[0]['model']}; skipped")
@@ -210,9 +212,10 @@ def bench_training(model_dirs: list[str | Path], run_dir: str | Path, cfg, steps
         eps = tc.label_smoothing
         step = make_train_step(model, optimizer,
                                lambda logits, tgt_out, s, t, eps=eps: label_smoothed_ce(logits, tgt_out, eps))
+        split = entry.split_params(model) if entry else param_split(model)  # the registry's
         entries.append({"model": str(d), "arch": arch, "tok": tok, "step": step, "tc": tc,
                         "precision": meta.get("precision") or tc.precision,
-                        "params": int(model.count_params()), "split": param_split(model)})
+                        "params": int(model.count_params()), "split": split})
     if not entries:
         return {"rows": []}
     pairs = encode_pairs(entries[0]["tok"], src, tgt, max(e["tc"].max_len for e in entries))

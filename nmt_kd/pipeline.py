@@ -207,7 +207,7 @@ def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
             inputs += _weights(cfg, run, teacher.name)
         for name, seed in spec.model_names():
             scfg = _student_config(cfg, spec, seed)
-            depends = {"spec": config_to_dict(spec), "model": c["model"][spec.arch],
+            depends = {"spec": config_to_dict(spec), "model": config_to_dict(cfg.model.section(spec.arch)),
                        "max_positions": c["model"]["max_positions"], "train": c["student_train"],
                        "distill": c["distill"] if spec.kd != "none" else None,
                        "decode": _train_decode(c)}

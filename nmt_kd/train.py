@@ -58,8 +58,11 @@ class InverseSqrtSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def train_section(cfg: Config, arch: str):
-    """The teacher trains with `train`, every student with `student_train`."""
-    return cfg.train if arch == "teacher" else cfg.student_train
+    """The teacher trains with `train`, every student with `student_train` (the role in the
+    architecture registry)."""
+    from nmt_kd.models.registry import get_architecture
+
+    return cfg.train if get_architecture(arch).role == "teacher" else cfg.student_train
 
 
 def set_precision(precision: str) -> None:
@@ -431,7 +434,7 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
     distilled_data = distilled_data or kd in ("seq", "seq+word")
     pairs, stream = training_stream(run_dir, tokenizer, tc, distilled_data, role, input_path, log)
     if len(pairs) == 0:
-        section = "train" if arch == "teacher" else "student_train"
+        section = "train" if tc is cfg.train else "student_train"
         raise UserError(f"no training pair fits {section}.max_len={tc.max_len} tokens")
     valid_src, valid_tgt = load_pairs(run_dir, "valid")
     valid_pairs = encode_pairs(tokenizer, valid_src, valid_tgt, 10**9)
