@@ -143,6 +143,15 @@ def test_export_refusals_name_the_architecture_and_what_it_supports(fake):
     assert require_export("tflite", "d", {"model_type": "student_rnn"}).name == "student_rnn"
 
 
+def test_cli_choices_come_from_the_registry(fake):
+    from nmt_kd.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--config", "c.yaml", "--model", "student_fake"])
+    assert args.model == "student_fake"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "--model", "m", "--out", "o", "--format", "onnx"])
+
+
 def test_the_registry_and_the_parser_do_not_start_tensorflow():
     code = ("import sys; import nmt_kd.models.registry; from nmt_kd.cli import build_parser; "
             "build_parser(); print('tensorflow' in sys.modules or 'keras' in sys.modules)")
