@@ -386,7 +386,7 @@ def model_qe(model_dir: Path, srcs: Sequence[str], hyps: Sequence[str],
     """QE scores with the Keras model in `model_dir`, or None (with a message) if it cannot load."""
     from nmt_kd.errors import UserError
     from nmt_kd.models.ensemble import is_ensemble_dir
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
 
     if not (Path(model_dir) / "model.keras").is_file() and not is_ensemble_dir(model_dir):
         log(f"analysis: no model.keras in {model_dir}; no quality estimate for it")

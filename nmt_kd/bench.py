@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nmt_kd.config import DecodeConfig
+from nmt_kd.models.registry import param_split
 
 
 def bench_decoding(
@@ -158,23 +159,6 @@ def cpu_peak_flops(precision: str, cores: int | None = None, ghz: float | None =
             "peak_gflops": round(cores * ghz * per_cycle, 1)}
 
 
-def param_split(model) -> dict:
-    """Parameters by role, for a flop estimate: encoder, decoder (output layer included:
-    the tied `[V, E]` matrix counts as the decoder's output projection) and lookups (position
-    tables, no flops). Classified by variable path: `encoder*` / `src_*` is the encoder."""
-    enc = dec = lookup = 0
-    for v in model.trainable_variables:
-        parts = v.path.split("/")
-        top, n = (parts[1] if len(parts) > 1 else parts[0]), int(v.shape.num_elements())
-        if top.startswith(("encoder", "src_")):
-            enc += n
-        elif top.endswith("positions"):
-            lookup += n
-        else:
-            dec += n
-    return {"encoder": enc, "decoder": dec, "lookup": lookup}
-
-
 def train_flops(split: dict, src_tokens: int, tgt_tokens: int) -> float:
     """~6 flops per parameter per token it touches (2 forward, 4 backward): every encoder
     parameter once per source token, every decoder parameter once per target token.
@@ -234,7 +218,8 @@ def _training_entries(model_dirs: list[str | Path], cfg, log: Callable[[str], No
     from nmt_kd.ct2 import is_ct2_dir
     from nmt_kd.losses import label_smoothed_ce
     from nmt_kd.models.ensemble import is_ensemble_dir
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
+    from nmt_kd.models.registry import architecture_of
     from nmt_kd.savedmodel_translate import is_savedmodel_dir
     from nmt_kd.tflite_translate import is_tflite_dir
     from nmt_kd.train import make_optimizer, make_train_step, train_section
@@ -244,7 +229,8 @@ def _training_entries(model_dirs: list[str | Path], cfg, log: Callable[[str], No
         if is_tflite_dir(d) or is_savedmodel_dir(d) or is_ct2_dir(d) or is_ensemble_dir(d):
             continue  # inference only: an export, or an ensemble of frozen models
         model, tok, meta = load_model_dir(d)
-        arch = meta.get("model_type") or "teacher"
+        entry = architecture_of(meta, model)
+        arch = meta.get("model_type") or (entry.name if entry else "teacher")
         sha = meta.get("tokenizer_sha256")
         if tokenizer_sha and sha and sha != tokenizer_sha:
             log(f"bench training: {d} uses another tokenizer than {entries[0]['model']}; skipped")
@@ -258,7 +244,8 @@ def _training_entries(model_dirs: list[str | Path], cfg, log: Callable[[str], No
                                lambda logits, tgt_out, s, t, eps=eps: label_smoothed_ce(logits, tgt_out, eps))
         entries.append({"model": str(d), "arch": arch, "tok": tok, "step": step, "tc": tc,
                         "precision": meta.get("precision") or tc.precision,
-                        "params": int(model.count_params()), "split": param_split(model)})
+                        "params": int(model.count_params()),
+                        "split": entry.split_params(model) if entry else param_split(model)})
     return entries
 
 

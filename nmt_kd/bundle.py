@@ -28,27 +28,27 @@ MEMBERS = ("model.json", "spm.model", "config.json", "weights.npz")
 
 
 def _model_class(model_type: str):
-    if model_type == "teacher":
-        from nmt_kd.models.teacher_transformer import TransformerTeacher as cls
-    elif model_type == "student_rnn":
-        from nmt_kd.models.student_rnn import RNNStudent as cls
-    elif model_type == "student_cnn":
-        from nmt_kd.models.student_cnn import CNNStudent as cls
-    else:
+    from nmt_kd.models.registry import architecture_names, find_architecture
+
+    arch = find_architecture(model_type or "")
+    if arch is None or "bundle" not in arch.exports:
+        names = [n for n in architecture_names() if "bundle" in find_architecture(n).exports]
         raise UserError(f"a bundle of model_type {model_type!r} cannot be loaded; "
-                        "expected teacher, student_rnn or student_cnn")
-    return cls
+                        f"expected {', '.join(names)}")
+    return arch.model_class()
 
 
 def pack(model_dir: str | Path, out: str | Path) -> str:
     """Write MODEL_DIR as one bundle file at OUT (atomically); returns its sha256."""
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
+    from nmt_kd.models.registry import require_export
 
     model_dir = Path(model_dir)
     model, tokenizer, meta = load_model_dir(model_dir, "fp32")
-    if meta.get("model_type") not in ("teacher", "student_rnn", "student_cnn"):
+    if meta.get("model_type") == "ensemble":
         raise UserError(f"{model_dir}: only a single model directory can be bundled "
                         f"(model_type {meta.get('model_type')!r})")
+    require_export("bundle", model_dir, meta)
     weights = io.BytesIO()
     np.savez(weights, *[w.astype(np.float16) for w in model.get_weights()])
     config = {k: v for k, v in model.get_config().items() if k not in ("dtype", "name", "trainable")}
@@ -98,7 +98,7 @@ def unpack(bundle: str | Path, out_dir: str | Path, expected_sha256: str | None,
     OUT_DIR (model.keras, spm.model, model.json); returns the model."""
     import keras
 
-    from nmt_kd.models.registry import save_model_dir
+    from nmt_kd.models.persistence import save_model_dir
     from nmt_kd.tokenizer import Tokenizer
 
     bundle, out_dir = Path(bundle), Path(out_dir)

@@ -337,16 +337,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nmt-kd",
-        description="Distil a Transformer translation teacher into small, fast students.",
-    )
-    parser.add_argument("--version", action="version", version=f"nmt-kd {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show TensorFlow's own start-up and C++ log lines")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_prepare_parser(sub) -> None:
     p = sub.add_parser("prepare", help="clean and split a corpus; train the joint SentencePiece model")
     _add_config_args(p)
     p.add_argument("--src", help="source-language file (shortcut instead of --config)")
@@ -354,9 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="output directory (default: pipeline.run_dir)")
     p.set_defaults(func=cmd_prepare)
 
+
+def _add_training_parsers(sub) -> None:
+    """train, average, distill."""
+    from nmt_kd.models.registry import architecture_names
+
     p = sub.add_parser("train", help="train the teacher or a student on a prepared run directory")
     _add_config_args(p, required=True)
-    p.add_argument("--model", default="teacher", choices=("teacher", "student_rnn", "student_cnn"))
+    p.add_argument("--model", default="teacher", choices=architecture_names(),
+                   help="the architecture (default: teacher)")
     p.add_argument("--kd", default="none", choices=("none", "word", "seq", "seq+word"))
     p.add_argument("--name", help="output sub-directory (default: the model name)")
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
@@ -384,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-only", action="store_true", help="only check and merge finished shards")
     p.set_defaults(func=cmd_distill)
 
+
+def _add_decoding_parsers(sub) -> None:
+    """translate, evaluate."""
     p = sub.add_parser("translate", help="translate a file or stdin with a trained model")
     _add_config_args(p)
     p.add_argument("--model", required=True,
@@ -412,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="metrics JSON path (default: MODEL/metrics.beamB.bsN.json)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_pipeline_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="run an experiment's stages from one YAML file")
     _add_config_args(p, required=True)
     p.add_argument("--run-dir", help="output directory (default: pipeline.run_dir)")
@@ -427,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "each gets cores/N intra-op threads): students and evaluations run side by side")
     p.add_argument("--lane", action="store_true", help=argparse.SUPPRESS)  # a secondary lane
     p.set_defaults(func=cmd_pipeline)
+
+
+def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="decoding speed of several models side by side in one run")
     _add_config_args(p)
     p.add_argument("--models", nargs="+", required=True, help="model directories (the first is the reference)")
@@ -445,15 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON output")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_export_parser(sub) -> None:
+    from nmt_kd.models.registry import EXPORT_FORMATS
+
     p = sub.add_parser("export", help="export a model for serving (text in, text out)")
     _add_config_args(p)
     p.add_argument("--model", required=True, help="model directory (e.g. runs/x/student_rnn)")
-    p.add_argument("--format", choices=["savedmodel", "tflite", "bundle", "ctranslate2"],
-                   default="savedmodel",
+    p.add_argument("--format", choices=list(EXPORT_FORMATS), default="savedmodel",
                    help="bundle: the model directory as one file (float16 weights) that a "
                         "pipeline can start from (train.init); ctranslate2: the Transformer "
                         "teacher as a CTranslate2 model directory, which translate, evaluate "
-                        "and distill (--teacher) accept as --model (needs nmt-kd[ct2])")
+                        "and distill (--teacher) accept as --model (needs nmt-kd[ct2]); each "
+                        "architecture supports some of these (tflite: the students)")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty); "
                    "for --format bundle, the bundle file")
     p.add_argument("--beam", type=int, default=None,
@@ -463,15 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "float32; ctranslate2: float32 weights (the default) or int8")
     p.set_defaults(func=cmd_export)
 
-    _add_ensemble_parser(sub)
 
+def _add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild RUN/report from the evaluation files (no decoding)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--title")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no test)")
     p.set_defaults(func=cmd_report)
-    _add_analyze_parser(sub)
 
+
+def _add_score_parser(sub) -> None:
     p = sub.add_parser("score", help="sacreBLEU BLEU, chrF and TER of a translation file, and "
                        "the paired bootstrap test against other systems' files")
     p.add_argument("hyp", help="translations, one per line")
@@ -481,6 +491,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--json", help="write the scores as JSON here")
     p.set_defaults(func=cmd_score)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nmt-kd",
+        description="Distil a Transformer translation teacher into small, fast students.",
+    )
+    parser.add_argument("--version", action="version", version=f"nmt-kd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's own start-up and C++ log lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_prepare_parser, _add_training_parsers, _add_decoding_parsers,
+                _add_pipeline_parser, _add_bench_parser, _add_export_parser, _add_ensemble_parser,
+                _add_report_parser, _add_analyze_parser, _add_score_parser):
+        add(sub)
     return parser
 
 

@@ -129,10 +129,67 @@ class CNNConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """`model.max_positions` and one section `model.<name>` per architecture.
+
+    The built-in architectures' sections are the typed fields below. The section of any
+    other registered architecture (`nmt_kd.models.registry`) is read with that
+    architecture's config dataclass into `others` (written back as `model.<name>`, never as
+    `others`); `section(name)` gives any architecture's section, or its defaults.
+    """
+
     max_positions: int = 256
     teacher: TransformerConfig = field(default_factory=TransformerConfig)
     student_rnn: RNNConfig = field(default_factory=RNNConfig)
     student_cnn: CNNConfig = field(default_factory=CNNConfig)
+    others: tuple[tuple[str, Any], ...] = field(default=(), metadata={"inline": True})
+
+    def section(self, name: str) -> Any:
+        """The config of architecture `name` (`model.<name>`)."""
+        if name in self.builtin_sections():
+            return getattr(self, name)
+        for key, value in self.others:
+            if key == name:
+                return value
+        if name not in _REGISTERED_SECTIONS:
+            raise ConfigError(f"unknown model architecture {name!r}; choose one of "
+                              f"{', '.join(model_section_names())}")
+        return _REGISTERED_SECTIONS[name][0]()
+
+    @classmethod
+    def builtin_sections(cls) -> dict[str, type]:
+        """Section name -> config dataclass, for the typed fields."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+                if dataclasses.is_dataclass(hints[f.name])}
+
+    @classmethod
+    def inline_sections(cls) -> dict[str, type]:
+        """Section name -> config dataclass, for registered architectures without a field."""
+        return {name: config for name, (config, _role) in _REGISTERED_SECTIONS.items()
+                if name not in cls.builtin_sections()}
+
+
+# Architectures registered beyond the built-in sections: name -> (config dataclass, role).
+# Filled by `nmt_kd.models.registry.register_architecture`, so that this module, which the
+# registry imports, never imports the registry (no import cycle).
+_REGISTERED_SECTIONS: dict[str, tuple[type, str]] = {}
+
+
+def register_model_section(name: str, config: type, role: str) -> None:
+    """Make `model.<name>` a known section (called by the architecture registry)."""
+    _REGISTERED_SECTIONS[name] = (config, role)
+
+
+def unregister_model_section(name: str) -> None:
+    _REGISTERED_SECTIONS.pop(name, None)
+
+
+def model_section_names(role: str | None = None) -> tuple[str, ...]:
+    """The architectures a config may name (of `role`: teacher | student): the built-in
+    sections (`teacher` is the teacher, the others students) and the registered ones."""
+    names = {n: ("teacher" if n == "teacher" else "student") for n in ModelConfig.builtin_sections()}
+    names.update({n: role_ for n, (_c, role_) in _REGISTERED_SECTIONS.items()})
+    return tuple(n for n, r in names.items() if role is None or r == role)
 
 
 @dataclass(frozen=True)
@@ -243,7 +300,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class StudentSpec:
     name: str = "rnn_seq"
-    arch: str = "student_rnn"  # student_rnn | student_cnn
+    arch: str = "student_rnn"  # a registered student architecture: student_rnn | student_cnn | ...
     kd: str = "seq"  # none | word | seq | seq+word
     max_steps: int | None = None  # this student's student_train.max_steps (None: the section's)
     # one model per seed, each in RUN/<name>.seed<k>/ and trained with student_train.seed=k;
@@ -251,7 +308,7 @@ class StudentSpec:
     seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        _one_of("pipeline.students[].arch", self.arch, ("student_rnn", "student_cnn"))
+        _one_of("pipeline.students[].arch", self.arch, model_section_names("student"))
         _one_of("pipeline.students[].kd", self.kd, ("none", "word", "seq", "seq+word"))
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"pipeline.students[].max_steps must be >= 1, got {self.max_steps}")
@@ -349,15 +406,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _build(cls: type, values: dict, where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields if not f.metadata.get("inline")]
+    # a field marked inline holds (name, section) pairs read from keys of their own
+    # (ModelConfig.others: the sections of architectures registered outside config.py)
+    inline = next((f.name for f in fields if f.metadata.get("inline")), None)
+    sections = cls.inline_sections() if inline else {}
+    kwargs, others = {}, []
     for key, value in values.items():
-        if key not in hints:
+        path = f"{where}.{key}" if where else key
+        if key in sections:
+            others.append((key, _coerce(value, sections[key], path)))
+            continue
+        if key not in names:
             section = where or "top level"
             raise ConfigError(
-                f"unknown key {key!r} in section {section!r}; known keys: {', '.join(names)}"
+                f"unknown key {key!r} in section {section!r}; known keys: "
+                f"{', '.join(names + list(sections))}"
             )
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
+        kwargs[key] = _coerce(value, hints[key], path)
+    if others:
+        kwargs[inline] = tuple(others)
     return cls(**kwargs)
 
 
@@ -422,7 +491,13 @@ def config_to_dict(cfg: Any) -> dict:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            out = {}
+            for f in dataclasses.fields(v):
+                if f.metadata.get("inline"):  # (name, section) pairs, written as name: section
+                    out.update((name, plain(section)) for name, section in getattr(v, f.name))
+                else:
+                    out[f.name] = plain(getattr(v, f.name))
+            return out
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         return v

@@ -180,7 +180,7 @@ def export_ctranslate2(model_dir: str | Path, out: str | Path, quantize: str = "
     int8 weights and records compute type int8.
     """
     from nmt_kd.export import _refuse_ensemble, _require_empty
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
 
     if quantize not in ("none", "int8"):
         raise UserError(f"--quantize for ctranslate2 is none or int8, got {quantize!r}")

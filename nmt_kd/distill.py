@@ -109,7 +109,7 @@ def translate_shards(
     `translator`: a `nmt_kd.translate.Translator` over any backend (by default, one over the
     Keras model in `teacher_dir`); it must support `distill.beam` and the n-best asked for.
     """
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.translate import Translator
 
     run_dir = Path(run_dir)

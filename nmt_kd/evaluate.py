@@ -83,7 +83,7 @@ def machine_info() -> dict:
 
 def model_size_bytes(model_dir: Path) -> int:
     """model.keras's size (an ensemble directory: the sum of its members')."""
-    from nmt_kd.models.registry import model_dir_bytes
+    from nmt_kd.models.persistence import model_dir_bytes
 
     return model_dir_bytes(model_dir)
 

@@ -130,7 +130,8 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
     """Write `out` (a SavedModel directory) atomically: complete or absent."""
     import tensorflow as tf
 
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
+    from nmt_kd.models.registry import require_export
 
     model_dir, out = Path(model_dir), Path(out)
     beam = beam or cfg.beam
@@ -140,6 +141,7 @@ def export_savedmodel(model_dir: str | Path, out: str | Path, cfg: DecodeConfig,
     t0 = time.perf_counter()
     _refuse_ensemble(model_dir)
     model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)
+    require_export("savedmodel", model_dir, meta, model)
     module = build_serving_module(model, tokenizer.model_bytes(), cfg, beam)
     with atomic_directory(out) as tmp:
         tf.saved_model.save(module, str(tmp),
@@ -217,9 +219,11 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
     included, into an int8 GEMM. The tied embedding matrix is stored once, as the weight of
     the step's output layer (int8 with one scale per row); the translator reads it from
     there and does the row lookups itself, so neither graph holds a second copy.
-    Students only: their state does not grow with the output length (the teacher's cache does).
+    Students only: their state does not grow with the output length (the teacher's cache does);
+    the architecture registry says which export each architecture supports.
     """
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
+    from nmt_kd.models.registry import require_export
     from nmt_kd.tflite_translate import TFLITE_FILES
 
     model_dir, out = Path(model_dir), Path(out)
@@ -229,9 +233,7 @@ def export_tflite(model_dir: str | Path, out: str | Path, cfg: DecodeConfig, qua
     t0 = time.perf_counter()
     _refuse_ensemble(model_dir)
     model, tokenizer, meta = load_model_dir(model_dir, "fp32")
-    if meta.get("model_type") == "teacher" or type(model).__name__ == "TransformerTeacher":
-        raise UserError("the TFLite export is for students (their decoding state has a fixed "
-                        "size); export the teacher with --format savedmodel")
+    require_export("tflite", model_dir, meta, model)  # students (a fixed-size state)
     encode_concrete, keys = _tflite_encoder(model, cfg)
     step_concrete, changed = _tflite_step(model, encode_concrete)
     emb_dim = int(model.embedding.d_model)

@@ -207,7 +207,7 @@ def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
             inputs += _weights(cfg, run, teacher.name)
         for name, seed in spec.model_names():
             scfg = _student_config(cfg, spec, seed)
-            depends = {"spec": config_to_dict(spec), "model": c["model"][spec.arch],
+            depends = {"spec": config_to_dict(spec), "model": config_to_dict(cfg.model.section(spec.arch)),
                        "max_positions": c["model"]["max_positions"], "train": c["student_train"],
                        "distill": c["distill"] if spec.kd != "none" else None,
                        "decode": _train_decode(c)}
@@ -279,7 +279,7 @@ def _start_from_bundle(cfg: Config, run: Path, stages: list[Stage], log: Callabl
 def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) -> list[dict]:
     """Every (beam, batch size) of `eval` for one model; one metrics JSON each."""
     from nmt_kd.evaluate import evaluate_model
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.translate import Translator
 
     model, tokenizer, _ = load_model_dir(run / name, cfg.decode.precision)

@@ -32,7 +32,8 @@ from nmt_kd.dataset import BatchStream, encode_pairs, make_batch, token_batches
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import read_lines, write_json
 from nmt_kd.losses import label_smoothed_ce
-from nmt_kd.models.registry import build_model, save_model_dir
+from nmt_kd.models.persistence import save_model_dir
+from nmt_kd.models.registry import build_model
 from nmt_kd.shards import ShardStream, encode_corpus
 from nmt_kd.tokenizer import Tokenizer
 
@@ -58,8 +59,11 @@ class InverseSqrtSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def train_section(cfg: Config, arch: str):
-    """The teacher trains with `train`, every student with `student_train`."""
-    return cfg.train if arch == "teacher" else cfg.student_train
+    """The teacher trains with `train`, every student with `student_train` (the role in the
+    architecture registry)."""
+    from nmt_kd.models.registry import get_architecture
+
+    return cfg.train if get_architecture(arch).role == "teacher" else cfg.student_train
 
 
 def set_precision(precision: str) -> None:
@@ -193,7 +197,7 @@ def load_kd_teacher(run_dir: str | Path, teacher_dir: str | Path):
     """The frozen teacher for word-level KD, checked before any training starts."""
     from nmt_kd.fileio import sha256_file
     from nmt_kd.models.ensemble import is_ensemble_dir
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
 
     teacher_dir = Path(teacher_dir)  # a model directory or an ensemble directory
     if not ((teacher_dir / "model.keras").is_file() or is_ensemble_dir(teacher_dir)):
@@ -431,7 +435,7 @@ def _train_model(cfg, run_dir, arch, name, kd, resume, log, loss_fn, distilled_d
     distilled_data = distilled_data or kd in ("seq", "seq+word")
     pairs, stream = training_stream(run_dir, tokenizer, tc, distilled_data, role, input_path, log)
     if len(pairs) == 0:
-        section = "train" if arch == "teacher" else "student_train"
+        section = "train" if tc is cfg.train else "student_train"
         raise UserError(f"no training pair fits {section}.max_len={tc.max_len} tokens")
     valid_src, valid_tgt = load_pairs(run_dir, "valid")
     valid_pairs = encode_pairs(tokenizer, valid_src, valid_tgt, 10**9)

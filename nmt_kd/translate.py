@@ -171,7 +171,7 @@ def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int
         meta = dict(backend.meta, model_type=f"{backend.meta.get('model_type')}",
                     format=backend.format)
         return Translator.from_backend(backend), meta, backend.size_bytes
-    from nmt_kd.models.registry import load_model_dir, model_dir_bytes
+    from nmt_kd.models.persistence import load_model_dir, model_dir_bytes
 
     # an ensemble directory gives an Ensemble, which decodes through the same contract
     model, tokenizer, meta = load_model_dir(model_dir, cfg.precision)

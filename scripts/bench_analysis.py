@@ -82,7 +82,8 @@ def hypotheses(srcs: list[str], refs: list[str], k: int) -> list[str]:
 
 def build_run(root: Path, n_sentences: int, n_models: int, shapes: str | None = None) -> tuple[Path, str]:
     from nmt_kd.config import config_from_dict
-    from nmt_kd.models.registry import build_model, save_model_dir
+    from nmt_kd.models.persistence import save_model_dir
+    from nmt_kd.models.registry import build_model
     from nmt_kd.tokenizer import Tokenizer, train_tokenizer
 
     run = root / "run"

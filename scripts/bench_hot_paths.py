@@ -78,7 +78,7 @@ def one_bucket_backend(model, tok, cfg):
 def decode_variants(model_dir: str, lines: list[str], beams: list[int], repeats: int,
                     batch_size: int) -> list[dict]:
     from nmt_kd.config import DecodeConfig
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.translate import Translator
 
     model, tok, _ = load_model_dir(model_dir)
@@ -116,7 +116,7 @@ def decode_variants(model_dir: str, lines: list[str], beams: list[int], repeats:
 _THREAD_PROBE = """
 import json, sys, time
 from nmt_kd.config import DecodeConfig
-from nmt_kd.models.registry import load_model_dir
+from nmt_kd.models.persistence import load_model_dir
 from nmt_kd.translate import Translator, read_input_lines
 model, tok, _ = load_model_dir(sys.argv[1])
 lines = read_input_lines(sys.argv[2])[: int(sys.argv[3])]

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from nmt_kd import BOS_ID, EOS_ID
 from nmt_kd.decoding import greedy_search
-from nmt_kd.models.registry import load_model_dir
+from nmt_kd.models.persistence import load_model_dir
 from nmt_kd.translate import read_input_lines
 
 

@@ -15,7 +15,7 @@ import time
 import sacrebleu
 
 from nmt_kd.config import load_config
-from nmt_kd.models.registry import load_model_dir
+from nmt_kd.models.persistence import load_model_dir
 from nmt_kd.translate import Translator, read_input_lines
 
 

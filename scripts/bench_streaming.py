@@ -53,8 +53,8 @@ def build_model(work: Path) -> Path:
     import keras
 
     from nmt_kd.config import ModelConfig, RNNConfig, VocabConfig
+    from nmt_kd.models.persistence import save_model_dir
     from nmt_kd.models.registry import build_model as build
-    from nmt_kd.models.registry import save_model_dir
     from nmt_kd.tokenizer import Tokenizer, train_tokenizer
 
     src = write(work / "vocab_src.txt", sentences(2000, 1))

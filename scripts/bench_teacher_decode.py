@@ -48,7 +48,7 @@ def main() -> None:
     from nmt_kd.ct2 import CT2Backend, export_ctranslate2
     from nmt_kd.evaluate import machine_info, score
     from nmt_kd.fileio import write_json
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.translate import Translator, read_input_lines
 
     load_before = os.getloadavg()

@@ -20,7 +20,8 @@ MADE_UP = "Hundkatzenball"
 def model_dirs(tiny_run, tmp_path_factory):
     """Untrained tiny teacher and RNN student directories with the tiny run's tokenizer."""
     from nmt_kd.config import config_from_dict
-    from nmt_kd.models.registry import build_model, save_model_dir
+    from nmt_kd.models.persistence import save_model_dir
+    from nmt_kd.models.registry import build_model
     from nmt_kd.tokenizer import Tokenizer
 
     run, tree = tiny_run
@@ -138,7 +139,7 @@ def test_qe_is_batched_like_one_sentence_at_a_time(tiny_run, model_dirs):
     import tensorflow as tf
 
     from nmt_kd import BOS_ID, EOS_ID
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
 
     run, _ = tiny_run
     srcs = read_lines(run / "data/test.src")[:9]
@@ -313,7 +314,7 @@ def test_qe_of_an_ensemble_is_its_own_log_probability(tiny_run, model_dirs, tmp_
     """An ensemble directory gets a quality estimate too (no model.keras of its own): the
     length-normalised log-probability under its averaged, renormalised distribution."""
     from nmt_kd.models.ensemble import create_ensemble_dir
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
 
     run, _ = tiny_run
     ens = create_ensemble_dir([model_dirs["teacher"], model_dirs["student_rnn"]], tmp_path / "ens")

@@ -334,7 +334,8 @@ def tiny_model(tiny_run, tmp_path_factory):
     import keras
 
     from nmt_kd.config import config_from_dict
-    from nmt_kd.models.registry import build_model, save_model_dir
+    from nmt_kd.models.persistence import save_model_dir
+    from nmt_kd.models.registry import build_model
     from nmt_kd.tokenizer import Tokenizer
 
     run, tree = tiny_run

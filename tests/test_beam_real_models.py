@@ -33,7 +33,7 @@ ARCHS = {  # name: (architecture, model-config overrides)
 
 @pytest.fixture(scope="module")
 def models(tiny_run, tmp_path_factory):
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.train import train_model
 
     run, tree = clone_run(tiny_run, tmp_path_factory.mktemp("beam"))

@@ -24,7 +24,7 @@ def teacher_bundle(tiny_run, tmp_path_factory):
 
 
 def test_pack_then_unpack_gives_the_same_model_with_float16_weights(teacher_bundle, tmp_path):
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
 
     run, _tree, model_dir, path, digest = teacher_bundle
     assert digest == sha256_file(path)

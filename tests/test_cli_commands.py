@@ -40,7 +40,7 @@ def trained(tiny_run, tmp_path_factory):
 
 def _translator(model_dir, beam_cfg=None):
     from nmt_kd.config import DecodeConfig
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.translate import Translator
 
     model, tok, _ = load_model_dir(model_dir)
@@ -143,7 +143,7 @@ def test_report_command_puts_greedy_and_beam_bleu_in_their_own_columns(tmp_path,
 
 
 def test_average_command_writes_the_mean_of_the_newest_checkpoints(trained):
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
 
     run, _, config = trained
     state = tf.train.get_checkpoint_state(str(run / "teacher/checkpoints"))
@@ -213,7 +213,7 @@ def test_bench_command_rows_tokens_and_ratios(trained, tmp_path):
 
 
 def test_bf16_training_step_computes_in_bfloat16_with_float32_weights(trained, tmp_path):
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.train import train_model
 
     run, tree, _ = trained

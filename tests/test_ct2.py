@@ -47,7 +47,7 @@ def _randomize(model, seed: int, boost: dict) -> None:
 def pair(request, tiny_run, tmp_path_factory):
     """(TF Translator, CT2 Translator, source ids [B, S]) for one random teacher variant."""
     from nmt_kd.ct2 import CT2Backend, export_ctranslate2
-    from nmt_kd.models.registry import save_model_dir
+    from nmt_kd.models.persistence import save_model_dir
     from nmt_kd.models.teacher_transformer import TransformerTeacher
     from nmt_kd.tokenizer import Tokenizer
     from nmt_kd.translate import Translator

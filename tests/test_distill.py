@@ -183,7 +183,7 @@ def test_topk_store_with_full_k_reproduces_online_kd_and_resumes(teacher_run, tm
 
     from nmt_kd.dataset import encode_pairs, make_batch
     from nmt_kd.losses import word_kd_loss
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.topk import TopKStore, compute_topk_store
 
     run, _ = clone(teacher_run, tmp_path)
@@ -219,7 +219,7 @@ def test_topk_store_with_full_k_reproduces_online_kd_and_resumes(teacher_run, tm
     ("student_rnn", "seq", "online"),
 ])
 def test_students_train_with_each_kd_mode(teacher_run, tmp_path, arch, kd, mode):
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.train import train_model
 
     run, tree = clone(teacher_run, tmp_path)
@@ -301,7 +301,8 @@ def test_first_word_kd_update_is_the_hand_computed_one_and_not_plain_ce(teacher_
                                                                        monkeypatch):
     """One step of `train --kd word`: its loss and its weight update are the ones computed here
     by hand from the teacher's logits on that very batch; a `--kd none` step is not."""
-    from nmt_kd.models.registry import build_model, load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
+    from nmt_kd.models.registry import build_model
     from nmt_kd.train import train_model
 
     run, tree = clone(teacher_run, tmp_path, teacher_mode="online", alpha=0.5, temperature=2.0)
@@ -339,7 +340,7 @@ def test_first_word_kd_update_is_the_hand_computed_one_and_not_plain_ce(teacher_
 def test_offline_top_k_with_k_equal_v_gives_the_online_losses_step_by_step(teacher_run, tmp_path):
     """Word-KD from the stored top-k store with k = V trains exactly like the online teacher:
     the same loss at every step (float16 storage aside)."""
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.train import train_model
 
     run, tree = clone(teacher_run, tmp_path, alpha=0.5, temperature=2.0)

@@ -15,7 +15,7 @@ from nmt_kd.backends import SourceBatch
 from nmt_kd.config import DecodeConfig, config_from_dict
 from nmt_kd.errors import UserError
 from nmt_kd.models.ensemble import Ensemble, create_ensemble_dir
-from nmt_kd.models.registry import load_model_dir
+from nmt_kd.models.persistence import load_model_dir
 from nmt_kd.translate import Translator
 
 quiet = lambda _m: None  # noqa: E731
@@ -34,7 +34,8 @@ def members(tiny_run, tmp_path_factory):
     translations vary) and an untrained GRU."""
     import keras
 
-    from nmt_kd.models.registry import build_model, save_model_dir
+    from nmt_kd.models.persistence import save_model_dir
+    from nmt_kd.models.registry import build_model
     from nmt_kd.tokenizer import Tokenizer
     from nmt_kd.train import train_model
 

@@ -81,7 +81,7 @@ SERVE = textwrap.dedent("""
 def test_savedmodel_equals_translator_in_a_process_without_nmt_kd(trained, tmp_path, name, beam):
     from nmt_kd.export import export_savedmodel
     from nmt_kd.fileio import read_lines
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.translate import Translator
 
     run, cfg = trained
@@ -149,7 +149,7 @@ def test_tflite_student_fp32_equals_translator_and_int8_is_smaller(trained, tmp_
 
     from nmt_kd.export import export_tflite
     from nmt_kd.fileio import read_lines
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.tflite_translate import TFLiteBackend
     from nmt_kd.translate import Translator, open_translator
 
@@ -186,7 +186,7 @@ def test_tflite_cnn_student_equals_translator(trained, tmp_path):
     from nmt_kd.config import config_from_dict, config_to_dict
     from nmt_kd.export import export_tflite
     from nmt_kd.fileio import read_lines
-    from nmt_kd.models.registry import load_model_dir
+    from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.tflite_translate import TFLiteBackend
     from nmt_kd.train import train_model
     from nmt_kd.translate import Translator

@@ -214,7 +214,7 @@ class _FakeTranslator:
           suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), n=st.integers(1, 40), shard_size=st.integers(1, 9))
 def test_distill_resumed_after_any_lost_shards_equals_an_uninterrupted_run(data, n, shard_size):
-    import nmt_kd.models.registry as registry
+    import nmt_kd.models.persistence as persistence
     import nmt_kd.translate as translate
     from nmt_kd.distill import merge_shards, shard_path, shard_ranges, translate_shards
 
@@ -222,7 +222,7 @@ def test_distill_resumed_after_any_lost_shards_equals_an_uninterrupted_run(data,
     n_shards = len(shard_ranges(n, shard_size))
     lost = data.draw(st.sets(st.integers(0, n_shards - 1)))
     with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryDirectory() as tmp:
-        mp.setattr(registry, "load_model_dir", lambda *a, **k: (None, None, {}))
+        mp.setattr(persistence, "load_model_dir", lambda *a, **k: (None, None, {}))
         mp.setattr(translate, "Translator", _FakeTranslator)
         run, cfg, src = _distill_run(Path(tmp), n, shard_size)
         assert translate_shards(cfg, run, log=quiet) == list(range(n_shards))

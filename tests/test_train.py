@@ -15,7 +15,7 @@ from conftest import checkpoint_state_step, clone_run, wait_until
 from nmt_kd.config import config_from_dict
 from nmt_kd.errors import UserError
 from nmt_kd.losses import label_smoothed_ce
-from nmt_kd.models.registry import load_model_dir
+from nmt_kd.models.persistence import load_model_dir
 from nmt_kd.train import InverseSqrtSchedule, TrainingDiverged, train_model
 
 

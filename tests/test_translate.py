@@ -10,7 +10,7 @@ from conftest import clone_run
 from nmt_kd.config import DecodeConfig, config_from_dict
 from nmt_kd.errors import UserError
 from nmt_kd.evaluate import evaluate_model
-from nmt_kd.models.registry import load_model_dir
+from nmt_kd.models.persistence import load_model_dir
 from nmt_kd.translate import Translator
 
 REQUIRED = {"model", "model_type", "kd", "params", "test_set", "beam", "batch_size", "bleu",

@@ -10,7 +10,7 @@ holds:
     model.json     model_type "ensemble", kd, members, member_types, params (the sum),
                    vocab_size, tokenizer_sha256: for readers that do not load the models
 
-`nmt_kd.models.registry.load_model_dir` returns an `Ensemble` for such a directory, so every
+`nmt_kd.models.persistence.load_model_dir` returns an `Ensemble` for such a directory, so every
 command that decodes or teaches with a model directory (translate, evaluate, bench, distill,
 train --kd word --teacher) takes an ensemble directory unchanged. This module never imports
 Keras or a model class: the members arrive already loaded.
@@ -80,7 +80,7 @@ class Ensemble:
             m.trainable = value
 
     def _mean_log_softmax(self, logits: list):
-        import tensorflow as tf  # not at import time: registry imports this module
+        import tensorflow as tf  # not at import time: persistence imports this module
 
         log_probs = [tf.nn.log_softmax(tf.cast(x, tf.float32), axis=-1) for x in logits]
         return tf.add_n(log_probs) / float(len(log_probs))

@@ -1,174 +1,260 @@
-"""Build models by name from the config, and save/load a model directory.
+"""The architecture registry: one entry per model architecture, read by everything else.
 
-A model directory (e.g. RUN/teacher/) holds everything needed to translate:
-    model.keras   the Keras model (weights + architecture), loaded with safe_mode=True
-    spm.model     the joint SentencePiece model it was trained with
-    model.json    model_type, kd, vocab size, parameter count, tokenizer hash
+An `Architecture` names a model architecture and says everything the package needs to know
+about it; config validation (`model.<name>` sections, `pipeline.students[].arch`), the CLI's
+choices (`train --model`, `export --format`), model building, loading (Keras class
+registration), export and `nmt-kd bench` all iterate the registry instead of naming models.
+
+    name        the `train --model` choice, `model_type` in model.json, and the config section
+                `model.<name>` (a built-in's section is a typed field of `ModelConfig`; any
+                other architecture's section is read with its `config` dataclass)
+    role        "teacher" (trains with the `train` section) or "student" (`student_train`,
+                and `pipeline.students[].arch` may name it)
+    config      the dataclass of its config section
+    model       its `keras.Model` class (registered with `keras.saving.register_keras_
+                serializable`, implementing `nmt_kd.models.protocol.Seq2Seq`), or
+                "module:Class" to import it only when a model is built or loaded
+    kwargs      `(section config, ModelConfig) -> constructor keyword arguments` (besides
+                `vocab_size`); default: the section's fields as they are
+    exports     the `nmt-kd export --format` values it supports (`EXPORT_FORMATS`)
+    param_split `model -> {"encoder", "decoder", "lookup"}` parameter counts for bench's
+                flop estimate; default: `nmt_kd.bench.param_split` (by variable path)
+
+A new architecture is one module with its model (and config dataclass) plus one line:
+
+    register_architecture(Architecture("student_toy", "student", ToyConfig, ToyStudent))
+
+or, as a class decorator in that module:
+
+    @register_architecture(name="student_toy", role="student", config=ToyConfig)
+    class ToyStudent(keras.Model): ...
+
+This module imports no TensorFlow (the CLI builds its parser from it before TensorFlow
+starts), and the modules it imports (`nmt_kd.config`) never import it back: a registered
+architecture's config section reaches config validation through
+`nmt_kd.config.register_model_section`. Saving and loading model directories is
+`nmt_kd.models.persistence`, which imports this module (not the reverse).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-
-from nmt_kd.config import ModelConfig
+from nmt_kd.config import (
+    CNNConfig,
+    ModelConfig,
+    RNNConfig,
+    TransformerConfig,
+    register_model_section,
+    unregister_model_section,
+)
 from nmt_kd.errors import UserError
-from nmt_kd.fileio import read_json, sha256_file, write_json
-from nmt_kd.models.ensemble import is_ensemble_dir
-from nmt_kd.tokenizer import Tokenizer
 
-ARCHS = ("teacher", "student_rnn", "student_cnn")
+ROLES = ("teacher", "student")
+EXPORT_FORMATS = ("savedmodel", "tflite", "bundle", "ctranslate2")  # every `nmt-kd export --format`
+EXPORT_HINTS = {"tflite": " (the TFLite export is for students whose decoding state has a "
+                          "fixed size; the teacher's cache grows with the output)",
+                "ctranslate2": " (CTranslate2 takes the Transformer teacher)"}
+RESERVED = ("ensemble",)  # model_type of an ensemble directory
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    role: str
+    config: type
+    model: type | str
+    kwargs: Callable[[Any, ModelConfig], dict] | None = None
+    exports: tuple[str, ...] = ("savedmodel", "bundle")
+    param_split: Callable[[Any], dict] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or self.name in RESERVED:
+            raise ValueError(f"architecture name {self.name!r} must be an identifier, not {RESERVED}")
+        if self.role not in ROLES:
+            raise ValueError(f"architecture {self.name!r}: role must be one of {ROLES}, got {self.role!r}")
+        if not dataclasses.is_dataclass(self.config):
+            raise ValueError(f"architecture {self.name!r}: config must be a dataclass")
+        unknown = set(self.exports) - set(EXPORT_FORMATS)
+        if unknown:
+            raise ValueError(f"architecture {self.name!r}: unknown export formats {sorted(unknown)}")
+        if self.name in ModelConfig.builtin_sections() and \
+                ModelConfig.builtin_sections()[self.name] is not self.config:
+            raise ValueError(f"architecture {self.name!r}: model.{self.name} is typed "
+                             f"{ModelConfig.builtin_sections()[self.name].__name__} in ModelConfig")
+
+    def model_class(self) -> type:
+        """The model class (importing its module, which registers it with Keras)."""
+        if isinstance(self.model, str):
+            module, _, attr = self.model.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.model
+
+    def model_kwargs(self, mcfg: ModelConfig) -> dict:
+        section = mcfg.section(self.name)
+        if self.kwargs is not None:
+            return self.kwargs(section, mcfg)
+        return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+    def build(self, mcfg: ModelConfig, vocab_size: int):
+        """A new model built (its variables created) for `vocab_size` tokens."""
+        import numpy as np
+
+        from nmt_kd.models.protocol import Seq2Seq
+
+        model = self.model_class()(vocab_size=vocab_size, **self.model_kwargs(mcfg))
+        if not isinstance(model, Seq2Seq):
+            raise TypeError(f"architecture {self.name!r}: {type(model).__name__} does not "
+                            "implement the Seq2Seq contract (nmt_kd/models/contract.md)")
+        dummy = np.full((1, 4), 5, dtype="int32")
+        model((dummy, dummy), training=False)
+        return model
+
+    def split_params(self, model) -> dict:
+        if self.param_split is not None:
+            return self.param_split(model)
+        return param_split(model)
+
+
+_ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def param_split(model) -> dict:
+    """Parameters by role, for a flop estimate: encoder, decoder (output layer included:
+    the tied `[V, E]` matrix counts as the decoder's output projection) and lookups (position
+    tables, no flops). Classified by variable path: `encoder*` / `src_*` is the encoder.
+    The default of every architecture; one may register its own (`Architecture.param_split`)."""
+    enc = dec = lookup = 0
+    for v in model.trainable_variables:
+        parts = v.path.split("/")
+        top, n = (parts[1] if len(parts) > 1 else parts[0]), int(v.shape.num_elements())
+        if top.startswith(("encoder", "src_")):
+            enc += n
+        elif top.endswith("positions"):
+            lookup += n
+        else:
+            dec += n
+    return {"encoder": enc, "decoder": dec, "lookup": lookup}
+
+
+def register_architecture(arch: Architecture | None = None, /, *, replace: bool = False, **fields):
+    """Add an architecture to the registry and return it.
+
+    `register_architecture(Architecture(...))`, or `register_architecture(name=..., role=...,
+    config=..., model=..., ...)`, or without `model=` as a decorator of the model class
+    (which it returns). Registering a name again is an error unless `replace=True` or the
+    entry is the same.
+    """
+    if arch is None and "model" not in fields:
+        def decorate(cls):
+            register_architecture(Architecture(model=cls, **fields), replace=replace)
+            return cls
+        return decorate
+    if arch is None:
+        arch = Architecture(**fields)
+    old = _ARCHITECTURES.get(arch.name)
+    if old is not None and old != arch and not replace:
+        raise ValueError(f"architecture {arch.name!r} is already registered")
+    _ARCHITECTURES[arch.name] = arch
+    register_model_section(arch.name, arch.config, arch.role)  # config validation knows it
+    return arch
+
+
+def unregister_architecture(name: str) -> None:
+    """Remove an architecture (tests that register a temporary one)."""
+    _ARCHITECTURES.pop(name, None)
+    unregister_model_section(name)
+
+
+def architectures(role: str | None = None) -> list[Architecture]:
+    """Every registered architecture (of `role`, if given), in registration order."""
+    return [a for a in _ARCHITECTURES.values() if role is None or a.role == role]
+
+
+def architecture_names(role: str | None = None) -> tuple[str, ...]:
+    return tuple(a.name for a in architectures(role))
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return _ARCHITECTURES[name]
+    except KeyError:
+        raise UserError(f"unknown model architecture {name!r}; choose one of "
+                        f"{', '.join(_ARCHITECTURES)}") from None
+
+
+def find_architecture(name: str) -> Architecture | None:
+    return _ARCHITECTURES.get(name)
+
+
+def architecture_of(meta: dict | None = None, model=None) -> Architecture | None:
+    """The architecture of a loaded model: its model.json `model_type`, else its class."""
+    arch = find_architecture((meta or {}).get("model_type") or "")
+    if arch is not None or model is None:
+        return arch
+    for a in _ARCHITECTURES.values():
+        if isinstance(a.model, type) and isinstance(model, a.model):
+            return a
+        if isinstance(a.model, str) and a.model.endswith(f":{type(model).__name__}") \
+                and a.model.partition(":")[0] == type(model).__module__:
+            return a
+    return None
+
+
+def require_export(fmt: str, where, meta: dict | None = None, model=None) -> Architecture:
+    """The model's architecture, or a UserError if it cannot be exported as `fmt`."""
+    arch = architecture_of(meta, model)
+    if arch is None:
+        kind = (meta or {}).get("model_type") or type(model).__name__
+        raise UserError(f"{where}: a model of type {kind!r} is not a registered architecture "
+                        f"({', '.join(_ARCHITECTURES)}); it cannot be exported")
+    if fmt not in arch.exports:
+        raise UserError(f"{where}: architecture {arch.name!r} cannot be exported as {fmt}"
+                        f"{EXPORT_HINTS.get(fmt, '')}; it exports as {', '.join(arch.exports)} "
+                        f"(e.g. --format {arch.exports[0]})")
+    return arch
+
+
+def import_model_classes() -> None:
+    """Import every architecture's model class, registering it with Keras (before loading)."""
+    for a in _ARCHITECTURES.values():
+        a.model_class()
 
 
 def build_model(arch: str, mcfg: ModelConfig, vocab_size: int):
     """A new, built model of the given architecture."""
-    import numpy as np
-
-    if arch == "teacher":
-        from nmt_kd.models.teacher_transformer import TransformerTeacher
-
-        t = mcfg.teacher
-        model = TransformerTeacher(
-            vocab_size=vocab_size, d_model=t.d_model, num_encoder_layers=t.encoder_layers,
-            num_decoder_layers=t.decoder_layers, num_heads=t.heads, ff_dim=t.ff_dim,
-            dropout=t.dropout, attention_dropout=t.attention_dropout, activation=t.activation,
-            pre_norm=t.pre_norm, max_positions=mcfg.max_positions,
-        )
-    elif arch == "student_rnn":
-        from nmt_kd.models.student_rnn import RNNStudent
-
-        r = mcfg.student_rnn
-        model = RNNStudent(
-            vocab_size=vocab_size, cell=r.cell, attention=r.attention, embed_dim=r.embed_dim,
-            hidden=r.hidden, encoder_layers=r.encoder_layers, decoder_layers=r.decoder_layers,
-            dropout=r.dropout,
-        )
-    elif arch == "student_cnn":
-        from nmt_kd.models.student_cnn import CNNStudent
-
-        c = mcfg.student_cnn
-        model = CNNStudent(
-            vocab_size=vocab_size, embed_dim=c.embed_dim, hidden=c.hidden,
-            encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers,
-            kernel_size=c.kernel_size, dropout=c.dropout, max_positions=mcfg.max_positions,
-        )
-    else:
-        raise UserError(f"unknown model architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    dummy = np.full((1, 4), 5, dtype="int32")
-    model((dummy, dummy), training=False)
-    return model
+    return get_architecture(arch).build(mcfg, vocab_size)
 
 
-def _import_all_models() -> None:
-    """Register every model class with Keras before loading a `.keras` file."""
-    import importlib
-
-    for name in ("teacher_transformer", "student_rnn", "student_cnn"):
-        try:
-            importlib.import_module(f"nmt_kd.models.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"nmt_kd.models.{name}":
-                raise
+# -- the built-in architectures -------------------------------------------------------------
 
 
-def save_model_dir(model, out_dir: str | Path, tokenizer: Tokenizer, meta: dict) -> Path:
-    """Write model.keras, spm.model and model.json into `out_dir`, each atomically."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".keras", dir=out_dir)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, out_dir / "model.keras")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    if tokenizer.model_path.resolve() != (out_dir / "spm.model").resolve():
-        fd, tmp = tempfile.mkstemp(prefix=".spm.", dir=out_dir)
-        os.close(fd)
-        shutil.copyfile(tokenizer.model_path, tmp)
-        os.replace(tmp, out_dir / "spm.model")
-    meta = dict(meta)
-    meta.update(vocab_size=tokenizer.vocab_size, params=int(model.count_params()),
-                tokenizer_sha256=sha256_file(out_dir / "spm.model"))
-    write_json(out_dir / "model.json", meta)
-    return out_dir
+def _teacher_kwargs(t: TransformerConfig, mcfg: ModelConfig) -> dict:
+    return dict(d_model=t.d_model, num_encoder_layers=t.encoder_layers,
+                num_decoder_layers=t.decoder_layers, num_heads=t.heads, ff_dim=t.ff_dim,
+                dropout=t.dropout, attention_dropout=t.attention_dropout,
+                activation=t.activation, pre_norm=t.pre_norm, max_positions=mcfg.max_positions)
 
 
-def load_model_dir(model_dir: str | Path, precision: str = "trained"):
-    """Load (model, tokenizer, meta) from a model directory, checking that they match.
-
-    An ensemble directory (one holding ensemble.json) gives an `Ensemble` of its members.
-
-    `precision`: "trained" keeps the dtype policy the model was saved with (a model trained
-    in bf16 computes in bf16); "fp32" or "bf16" rebuilds it under that policy with the same
-    weights (variables stay float32 either way).
-    """
-    import keras
-
-    model_dir = Path(model_dir)
-    if is_ensemble_dir(model_dir):
-        return load_ensemble_dir(model_dir, precision)
-    if not (model_dir / "model.keras").is_file():
-        raise UserError(f"{model_dir}: no model.keras in this model directory")
-    if not (model_dir / "spm.model").is_file():
-        raise UserError(f"{model_dir}: the model's tokenizer spm.model is missing from the directory")
-    meta = read_json(model_dir / "model.json") if (model_dir / "model.json").is_file() else {}
-    tokenizer = Tokenizer(model_dir / "spm.model")
-    _import_all_models()
-    try:
-        model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
-    except Exception as e:  # a corrupt or foreign file: the user's to fix
-        why = " ".join(str(e).split())  # one line: Keras messages span several
-        raise UserError(f"{model_dir / 'model.keras'}: cannot load the model ({type(e).__name__}: {why})") from None
-    vocab = int(model.get_config().get("vocab_size", -1))
-    if vocab != tokenizer.vocab_size:
-        raise UserError(
-            f"{model_dir}: the tokenizer has {tokenizer.vocab_size} pieces but the model was "
-            f"built for a vocabulary of {vocab}; they do not belong together"
-        )
-    if precision != "trained":
-        model = with_precision(model, precision)
-    return model, tokenizer, meta
+def _with_max_positions(section, mcfg: ModelConfig) -> dict:
+    return {**{f.name: getattr(section, f.name) for f in dataclasses.fields(section)},
+            "max_positions": mcfg.max_positions}
 
 
-def load_ensemble_dir(ensemble_dir: str | Path, precision: str = "trained"):
-    """(Ensemble, tokenizer, meta) for an ensemble directory (see `nmt_kd.models.ensemble`);
-    each member is loaded and checked like a single model directory, under `precision`."""
-    from nmt_kd.models.ensemble import Ensemble, ensemble_meta, member_dirs
+STUDENT_EXPORTS = ("savedmodel", "tflite", "bundle")
 
-    ensemble_dir = Path(ensemble_dir)
-    dirs = member_dirs(ensemble_dir)  # checks that every member shares the ensemble's spm.model
-    members = [load_model_dir(d, precision)[0] for d in dirs]
-    meta = ensemble_meta(ensemble_dir, members=members)
-    return Ensemble(members, dirs), Tokenizer(ensemble_dir / "spm.model"), meta
+register_architecture(Architecture("teacher", "teacher", TransformerConfig,
+                                   "nmt_kd.models.teacher_transformer:TransformerTeacher",
+                                   kwargs=_teacher_kwargs,
+                                   exports=("savedmodel", "bundle", "ctranslate2")))
+register_architecture(Architecture("student_rnn", "student", RNNConfig,
+                                   "nmt_kd.models.student_rnn:RNNStudent", exports=STUDENT_EXPORTS))
+register_architecture(Architecture("student_cnn", "student", CNNConfig,
+                                   "nmt_kd.models.student_cnn:CNNStudent",
+                                   kwargs=_with_max_positions, exports=STUDENT_EXPORTS))
 
-
-def model_dir_bytes(model_dir: str | Path) -> int:
-    """The size on disk of a model directory's weights (an ensemble's: all its members')."""
-    model_dir = Path(model_dir)
-    if is_ensemble_dir(model_dir):
-        from nmt_kd.models.ensemble import member_dirs
-
-        return sum((d / "model.keras").stat().st_size for d in member_dirs(model_dir))
-    return (model_dir / "model.keras").stat().st_size
-
-
-POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
-
-
-def with_precision(model, precision: str):
-    """The same model (same weights) under the dtype policy of `precision` (fp32 | bf16)."""
-    policy = POLICIES[precision]
-    if model.dtype_policy.name == policy:
-        return model
-    config = dict(model.get_config(), dtype=policy)
-    copy = type(model).from_config(config)
-    dummy = np.zeros((1, 2), np.int32)
-    copy((dummy, dummy), training=False)
-    copy.set_weights(model.get_weights())
-    return copy
+ARCHS = architecture_names()  # the built-ins (kept for old imports; use architecture_names())

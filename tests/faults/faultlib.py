@@ -41,7 +41,7 @@ RESUMED = re.compile(r"^train (\S+): resumed from (\S+) at step (\d+)")
 DISTILL_START = re.compile(r"^distill: (\d+) shards of <= \d+ lines; worker 0/1 has \d+, (\d+) already done")
 CKPT_STATE = re.compile(r'^model_checkpoint_path: "(?:.*/)?ckpt-(\d+)"$', re.M)
 # names that the package gives to files while they are being written (fileio.atomic_open,
-# registry.save_model_dir, tokenizer.train_tokenizer, tf.train.Checkpoint): never read by it
+# persistence.save_model_dir, tokenizer.train_tokenizer, tf.train.Checkpoint): never read by it
 TEMP_NAME = re.compile(r"^\..+\.tmp$|^\.model\..+\.keras$|^\.spm\.|_temp(/|$)|\.tmp[0-9a-f]{32}$")
 
 
@@ -270,7 +270,7 @@ class RunChecker:
 
     def _models(self, run: Path, problems: list[str]) -> None:
         from nmt_kd.fileio import sha256_file
-        from nmt_kd.models.registry import load_model_dir
+        from nmt_kd.models.persistence import load_model_dir
 
         for name in MODELS:
             d = run / name
