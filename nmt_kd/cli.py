@@ -334,6 +334,8 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nmt_kd.training.objectives import KD_MODES
+
     parser = argparse.ArgumentParser(
         prog="nmt-kd",
         description="Distil a Transformer translation teacher into small, fast students.",
@@ -353,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the teacher or a student on a prepared run directory")
     _add_config_args(p, required=True)
     p.add_argument("--model", default="teacher", choices=("teacher", "student_rnn", "student_cnn"))
-    p.add_argument("--kd", default="none", choices=("none", "word", "seq", "seq+word"))
+    p.add_argument("--kd", default="none", choices=tuple(KD_MODES))
     p.add_argument("--name", help="output sub-directory (default: the model name)")
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
