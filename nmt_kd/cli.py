@@ -164,10 +164,12 @@ def cmd_translate(args) -> int:
     import time
 
     from nmt_kd.fileio import atomic_open
+    from nmt_kd.progress import StatusLine
     from nmt_kd.translate import iter_input_lines, open_translator
 
     translator, _, _ = open_translator(args.model, _decode_config(args))
     progress = args.input not in (None, "-")
+    status = StatusLine(rewrite=True)
     done = truncated = 0
     t0 = time.perf_counter()
     # The input is read and translated one chunk at a time (memory does not grow with the
@@ -181,11 +183,9 @@ def cmd_translate(args) -> int:
                 done += len(result.hypotheses)
                 truncated += result.truncated
                 if progress:
-                    print(f"\rtranslated {done} lines, {done / (time.perf_counter() - t0):.1f} sent/s",
-                          end="", file=sys.stderr, flush=True)
+                    status.show(f"translated {done} lines, {done / (time.perf_counter() - t0):.1f} sent/s")
     finally:
-        if progress and done:
-            print(file=sys.stderr)  # end the progress line (before an error message, too)
+        status.end()  # end the progress line (before an error message, too)
     if truncated:
         print(f"nmt-kd: warning: {truncated} input lines were longer than "
               "decode.max_src_len and were truncated", file=sys.stderr)
@@ -349,12 +349,13 @@ def _add_prepare_parser(sub) -> None:
 def _add_training_parsers(sub) -> None:
     """train, average, distill."""
     from nmt_kd.models.registry import architecture_names
+    from nmt_kd.training.objectives import KD_MODES
 
     p = sub.add_parser("train", help="train the teacher or a student on a prepared run directory")
     _add_config_args(p, required=True)
     p.add_argument("--model", default="teacher", choices=architecture_names(),
                    help="the architecture (default: teacher)")
-    p.add_argument("--kd", default="none", choices=("none", "word", "seq", "seq+word"))
+    p.add_argument("--kd", default="none", choices=tuple(KD_MODES))
     p.add_argument("--name", help="output sub-directory (default: the model name)")
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

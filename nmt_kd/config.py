@@ -24,6 +24,7 @@ import yaml
 
 from nmt_kd.errors import ConfigError
 from nmt_kd.fileio import atomic_open
+from nmt_kd.training.objectives import KD_MODES, WORD_KD_OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,7 @@ class DistillConfig:
             raise ConfigError(f"distill.temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.drop_worst < 1.0:
             raise ConfigError(f"distill.drop_worst must be in [0, 1), got {self.drop_worst}")
-        _one_of("distill.teacher_mode", self.teacher_mode, ("online", "offline"))
+        _one_of("distill.teacher_mode", self.teacher_mode, tuple(WORD_KD_OBJECTIVES))
         if self.teacher_mode == "offline" and self.top_k < 1:
             raise ConfigError("distill.teacher_mode: offline stores the teacher's top-k; set distill.top_k >= 1")
         _one_of("distill.seq_inter_metric", self.seq_inter_metric, ("bleu", "chrf"))
@@ -301,7 +302,7 @@ class EvalConfig:
 class StudentSpec:
     name: str = "rnn_seq"
     arch: str = "student_rnn"  # a registered student architecture: student_rnn | student_cnn | ...
-    kd: str = "seq"  # none | word | seq | seq+word
+    kd: str = "seq"  # a mode of KD_MODES: none | word | seq | seq+word
     max_steps: int | None = None  # this student's student_train.max_steps (None: the section's)
     # one model per seed, each in RUN/<name>.seed<k>/ and trained with student_train.seed=k;
     # empty: one model in RUN/<name>/ with student_train.seed
@@ -309,7 +310,7 @@ class StudentSpec:
 
     def __post_init__(self) -> None:
         _one_of("pipeline.students[].arch", self.arch, model_section_names("student"))
-        _one_of("pipeline.students[].kd", self.kd, ("none", "word", "seq", "seq+word"))
+        _one_of("pipeline.students[].kd", self.kd, tuple(KD_MODES))
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"pipeline.students[].max_steps must be >= 1, got {self.max_steps}")
         if len(set(self.seeds)) != len(self.seeds):

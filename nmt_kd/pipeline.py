@@ -23,6 +23,7 @@ from pathlib import Path
 from nmt_kd.config import Config, config_to_dict, expand_path, save_config
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import read_json, read_lines, sha256_file, write_json
+from nmt_kd.training.objectives import KD_MODES
 
 STAGES = ("prepare", "vocab", "teacher", "distill", "students", "evaluate", "report")
 
@@ -126,7 +127,7 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
             raise UserError("train.init starts from one teacher; it cannot be combined with "
                             "pipeline.teacher_seeds")
         _start_from_bundle(cfg, run, stages, log)
-    if any(s.kd.startswith("seq") for s in cfg.pipeline.students):
+    if any(KD_MODES[s.kd].distilled for s in cfg.pipeline.students):
         stages.append(_distill_stage(cfg, c, run, log))
     stages += _student_stages(cfg, c, run, log) + _evaluation_stages(cfg, c, run, log)
     return stages
@@ -200,9 +201,9 @@ def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
     stages = []
     for spec in cfg.pipeline.students:
         inputs = _data_files(run, ("train", "valid")) + [run / "vocab" / "spm.model"]
-        if spec.kd.startswith("seq"):
+        if KD_MODES[spec.kd].distilled:
             inputs += [run / "distill" / "train.src", run / "distill" / "train.tgt"]
-        word = spec.kd in ("word", "seq+word")
+        word = KD_MODES[spec.kd].word_kd
         if word:
             inputs += _weights(cfg, run, teacher.name)
         for name, seed in spec.model_names():

@@ -24,6 +24,7 @@ from nmt_kd.backends import KerasBackend, SearchBackend, SearchOutput, SourceBat
 from nmt_kd.config import DecodeConfig
 from nmt_kd.decode_policy import length_sorted_batches, max_len_bucket
 from nmt_kd.errors import UserError
+from nmt_kd.progress import StatusLine
 from nmt_kd.tokenizer import Tokenizer
 
 CHUNK_LINES = 10_000  # lines per chunk when translating a stream
@@ -102,6 +103,7 @@ class Translator:
         counts = [0] * n
         nbest_out: list[list[tuple[str, float]]] | None = [[] for _ in range(n)] if nbest > 1 else None
         total, done = sum(1 for seq in src_ids if seq), 0  # empty lines stay empty
+        status = StatusLine(rewrite=True)
         for idx, src in length_sorted_batches(src_ids, batch_size, sort):
             out = self.backend.search(SourceBatch(src, [lines[i] for i in idx]), beam,
                                       max_len_bucket(self.cfg, src.shape[1]), nbest)
@@ -110,9 +112,8 @@ class Translator:
                 hyps[i], counts[i] = texts[row], int(lengths[row])
             done += len(idx)
             if progress:
-                _progress(done, total, time.perf_counter() - t0)
-        if progress and total:
-            print(file=sys.stderr)
+                status.show(_progress_text(done, total, time.perf_counter() - t0))
+        status.end()
         return TranslationResult(hyps, counts, time.perf_counter() - t0, truncated, nbest_out)
 
     def _hypotheses(self, out: SearchOutput, idx: list[int], beam: int, nbest: int,
@@ -179,13 +180,13 @@ def open_translator(model_dir, cfg: DecodeConfig) -> tuple[Translator, dict, int
     return Translator.from_backend(backend), dict(meta, format=backend.format), model_dir_bytes(model_dir)
 
 
-def _progress(done: int, total: int, elapsed: float) -> None:
+def _progress_text(done: int, total: int, elapsed: float) -> str:
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = (total - done) / rate if rate > 0 else 0.0
     width = 30
     filled = int(width * done / max(total, 1))
-    print(f"\rtranslating [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-          f"{rate:.1f} sent/s, ETA {eta:.0f}s", end="", file=sys.stderr, flush=True)
+    return (f"translating [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+            f"{rate:.1f} sent/s, ETA {eta:.0f}s")
 
 
 def iter_input_lines(path: str | None, clean: bool = True) -> Iterator[str]:

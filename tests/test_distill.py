@@ -242,7 +242,7 @@ def test_students_train_with_each_kd_mode(teacher_run, tmp_path, arch, kd, mode)
 
 def _spy_on_training(monkeypatch):
     """Record the freshly built model's weights and every batch the train step receives."""
-    import nmt_kd.train as train_mod
+    import nmt_kd.training.trainer as train_mod
 
     seen = {"initial": None, "batches": []}
     real_build, real_step = train_mod.build_model, train_mod.make_train_step
