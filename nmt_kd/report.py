@@ -292,13 +292,17 @@ def length_buckets(run: Path, rows: list[dict], names: list[str] | None = None) 
 
 
 def _plots(run: Path, groups: list[dict], buckets: dict, out: Path) -> list[Path]:
+    """The report's three figures: quality against speed, training curves, BLEU by length."""
     import matplotlib
 
     matplotlib.use("Agg")
+    return [_speed_plot(groups, out), _curves_plot(run, groups, out), _length_plot(buckets, out)]
+
+
+def _speed_plot(groups: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    paths = []
     batch = max((int(k.split("bs")[-1]) for g in groups for k in g["mean"]
                  if k.startswith("greedy_sent_s_bs")), default=None)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -322,7 +326,11 @@ def _plots(run: Path, groups: list[dict], buckets: dict, out: Path) -> list[Path
     ax.set_title("Quality against decoding speed: greedy (o) and beam (s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    paths.append(_save(fig, out / "bleu_vs_speed.png"))
+    return _save(fig, out / "bleu_vs_speed.png")
+
+
+def _curves_plot(run: Path, groups: list[dict], out: Path) -> Path:
+    import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for name in first_models(groups):
@@ -364,7 +372,11 @@ def _plots(run: Path, groups: list[dict], buckets: dict, out: Path) -> list[Path
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
     fig.suptitle("Training and validation curves")
-    paths.append(_save(fig, out / "training_curves.png"))
+    return _save(fig, out / "training_curves.png")
+
+
+def _length_plot(buckets: dict, out: Path) -> Path:
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = [f"{lo}-{hi}" if hi < 10**9 else f"{lo}+" for lo, hi in LENGTH_BUCKETS]
@@ -376,8 +388,7 @@ def _plots(run: Path, groups: list[dict], buckets: dict, out: Path) -> list[Path
     ax.set_ylabel("BLEU (greedy)")
     ax.legend(fontsize=7)
     ax.set_title("BLEU by source length")
-    paths.append(_save(fig, out / "bleu_by_length.png"))
-    return paths
+    return _save(fig, out / "bleu_by_length.png")
 
 
 def _save(fig, path: Path) -> Path:

@@ -532,6 +532,77 @@ def _lang_root(tree_root: Path, lang: str) -> Path:
     return root
 
 
+def _aligned_pairs(src: str, tgt: str, work: Path, tree_root: Path | None, log):
+    """(packages, unique aligned pairs, stats): from `tree_root`, or from the two packages
+    downloaded and unpacked under `work` (removed afterwards)."""
+    packages = {lang: {"name": package_name(lang), "version": None} for lang in (src, tgt)}
+    try:
+        if tree_root is None:
+            shutil.rmtree(work, ignore_errors=True)
+            log(f"libreoffice_help: downloading {packages[src]['name']} and "
+                f"{packages[tgt]['name']} with apt-get")
+            debs = download_packages([src, tgt], work / "debs")
+            for lang, deb in debs.items():
+                packages[lang]["version"] = deb_version(deb)
+                packages[lang]["file"] = deb.name
+                unpack_deb(deb, work / "tree")
+            root = work / "tree"
+        else:
+            root = Path(tree_root)
+            for lang in (src, tgt):
+                packages[lang]["version"] = _tree_version(root, packages[lang]["name"])
+        src_root, tgt_root = _lang_root(root, src), _lang_root(root, tgt)
+        stats: dict[str, int] = {}
+        pairs = []
+        seen: set[tuple[str, str]] = set()
+        for pair in align_trees(src_root, tgt_root, stats=stats):
+            if (pair[2], pair[3]) not in seen:  # embedded snippets repeat across pages
+                seen.add((pair[2], pair[3]))
+                pairs.append(pair)
+        stats["duplicates"] = stats["pairs"] - len(pairs)
+    finally:
+        if tree_root is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return packages, pairs, stats
+
+
+def _write_corpus(src: str, tgt: str, out_dir: Path, pairs: list, packages: dict, stats: dict,
+                  elapsed: float, log) -> None:
+    """The corpus files, ids.tsv, and meta.json last (it marks the cache complete)."""
+    src_file, tgt_file, meta_file = out_dir / f"corpus.{src}", out_dir / f"corpus.{tgt}", out_dir / "meta.json"
+    write_lines(src_file, (p[2] for p in pairs))
+    write_lines(tgt_file, (p[3] for p in pairs))
+    with atomic_open(out_dir / "ids.tsv") as f:  # provenance: which page/id each line came from
+        for rel, pid, _, _ in pairs:
+            f.write(f"{rel}\t{pid}\n")
+    meta = {
+        "corpus": "libreoffice_help",
+        "src_lang": src,
+        "tgt_lang": tgt,
+        "packages": list(packages.values()),
+        "license": LICENSE,
+        "source": SOURCE_URL,
+        "pages": stats["pages_aligned"],
+        "pairs": len(pairs),
+        "pairs_before_dedup": stats["pairs"],
+        "stats": stats,
+        "files": {"src": src_file.name, "tgt": tgt_file.name, "ids": "ids.tsv"},
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(elapsed, 2),
+    }
+    write_json(meta_file, meta)  # last: marks the cache complete
+    log(
+        f"libreoffice_help {src}-{tgt}: {len(pairs)} pairs from {stats['pages_aligned']} pages "
+        f"in {elapsed:.1f}s ({stats['pairs']} aligned, {stats['duplicates']} exact duplicates "
+        f"dropped); skipped {stats['pages_src_only'] + stats['pages_tgt_only']} pages "
+        f"in one language only ({stats['pages_src_only']} {src}, {stats['pages_tgt_only']} {tgt}), "
+        f"{stats['units_src_only'] + stats['units_tgt_only']} paragraphs in one language only "
+        f"({stats['units_src_only']} {src}, {stats['units_tgt_only']} {tgt}), "
+        f"{stats['ambiguous']} repeated ids not safely pairable, "
+        f"{stats['empty']} with an empty side, {stats['identical']} identical in both"
+    )
+
+
 def build_corpus(
     src_lang: str,
     tgt_lang: str,
@@ -562,69 +633,10 @@ def build_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         meta_file.unlink()  # a stale meta.json must never vouch for files being rewritten
-    packages = {lang: {"name": package_name(lang), "version": None} for lang in (src, tgt)}
-    work = out_dir / ".work"
-    try:
-        if tree_root is None:
-            shutil.rmtree(work, ignore_errors=True)
-            log(f"libreoffice_help: downloading {packages[src]['name']} and "
-                f"{packages[tgt]['name']} with apt-get")
-            debs = download_packages([src, tgt], work / "debs")
-            for lang, deb in debs.items():
-                packages[lang]["version"] = deb_version(deb)
-                packages[lang]["file"] = deb.name
-                unpack_deb(deb, work / "tree")
-            root = work / "tree"
-        else:
-            root = Path(tree_root)
-            for lang in (src, tgt):
-                packages[lang]["version"] = _tree_version(root, packages[lang]["name"])
-        src_root, tgt_root = _lang_root(root, src), _lang_root(root, tgt)
-        stats: dict[str, int] = {}
-        pairs = []
-        seen: set[tuple[str, str]] = set()
-        for pair in align_trees(src_root, tgt_root, stats=stats):
-            if (pair[2], pair[3]) not in seen:  # embedded snippets repeat across pages
-                seen.add((pair[2], pair[3]))
-                pairs.append(pair)
-        stats["duplicates"] = stats["pairs"] - len(pairs)
-    finally:
-        if tree_root is None:
-            shutil.rmtree(work, ignore_errors=True)
+    packages, pairs, stats = _aligned_pairs(src, tgt, out_dir / ".work", tree_root, log)
     if not pairs:
         raise CorpusError(f"the LibreOffice help for {src} and {tgt} has no aligned paragraphs")
-    write_lines(src_file, (p[2] for p in pairs))
-    write_lines(tgt_file, (p[3] for p in pairs))
-    with atomic_open(out_dir / "ids.tsv") as f:  # provenance: which page/id each line came from
-        for rel, pid, _, _ in pairs:
-            f.write(f"{rel}\t{pid}\n")
-    elapsed = time.monotonic() - t0
-    meta = {
-        "corpus": "libreoffice_help",
-        "src_lang": src,
-        "tgt_lang": tgt,
-        "packages": list(packages.values()),
-        "license": LICENSE,
-        "source": SOURCE_URL,
-        "pages": stats["pages_aligned"],
-        "pairs": len(pairs),
-        "pairs_before_dedup": stats["pairs"],
-        "stats": stats,
-        "files": {"src": src_file.name, "tgt": tgt_file.name, "ids": "ids.tsv"},
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "build_seconds": round(elapsed, 2),
-    }
-    write_json(meta_file, meta)  # last: marks the cache complete
-    log(
-        f"libreoffice_help {src}-{tgt}: {len(pairs)} pairs from {stats['pages_aligned']} pages "
-        f"in {elapsed:.1f}s ({stats['pairs']} aligned, {stats['duplicates']} exact duplicates "
-        f"dropped); skipped {stats['pages_src_only'] + stats['pages_tgt_only']} pages "
-        f"in one language only ({stats['pages_src_only']} {src}, {stats['pages_tgt_only']} {tgt}), "
-        f"{stats['units_src_only'] + stats['units_tgt_only']} paragraphs in one language only "
-        f"({stats['units_src_only']} {src}, {stats['units_tgt_only']} {tgt}), "
-        f"{stats['ambiguous']} repeated ids not safely pairable, "
-        f"{stats['empty']} with an empty side, {stats['identical']} identical in both"
-    )
+    _write_corpus(src, tgt, out_dir, pairs, packages, stats, time.monotonic() - t0, log)
     return src_file, tgt_file
 
 
