@@ -288,7 +288,7 @@ def test_analyze_page_sentence_table_sorts_on_a_header_click_in_headless_chromiu
 
 def test_analysis_of_nine_models_is_fast(tiny_run, model_dirs, tmp_path):
     """9 outputs x 300 sentences, QE included (tiny models): a few seconds; the 9 x 1,000
-    figure is scripts/bench_analysis.py's."""
+    figure is benchmarks/bench_analysis.py's."""
     import time
 
     from nmt_kd.report import load_rows

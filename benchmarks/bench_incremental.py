@@ -1,6 +1,6 @@
 """Incremental decoding (decode_step with caches) against re-running the whole prefix each step.
 
-    python scripts/bench_incremental.py --model runs/multi30k_en_de/teacher \
+    python benchmarks/bench_incremental.py --model runs/multi30k_en_de/teacher \
         --src runs/multi30k_en_de/data/test.src --sentences 200 --batch-size 64
 
 Both are greedy, compiled with tf.function, on the same batches and in the same run; the

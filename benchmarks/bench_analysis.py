@@ -9,7 +9,7 @@ empty lines. Then times `nmt_kd.analysis.analyze_run` (everything the report com
 analysis: sentence chrF, flags with language identification, bucket BLEU with 1,000 bootstrap
 resamples, QE with each model, markdown and HTML) with and without the QE step.
 
-    python scripts/bench_analysis.py [--sentences 1000] [--models 9] [--out bench.json]
+    python benchmarks/bench_analysis.py [--sentences 1000] [--models 9] [--out bench.json]
 
 Building the run (tokenizer, models) is not timed.
 """

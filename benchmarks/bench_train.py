@@ -1,6 +1,6 @@
 """Training throughput of one architecture in several precisions, side by side in one run.
 
-    python scripts/bench_train.py --config configs/multi30k_en_de.yaml \
+    python benchmarks/bench_train.py --config configs/multi30k_en_de.yaml \
         --run-dir runs/multi30k_en_de --model teacher --precisions fp32 bf16 --steps 40
 
 Each precision gets a freshly built model and the same batches (the first epoch's order);

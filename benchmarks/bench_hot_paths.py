@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What each decoding hot-path choice buys, measured side by side in one process.
 
-    python scripts/bench_hot_paths.py --models runs/m/teacher runs/m/rnn_seq \\
+    python benchmarks/bench_hot_paths.py --models runs/m/teacher runs/m/rnn_seq \\
         --src runs/m/data/test.src --out docs/bench/bench_hot_paths.json
 
 For each model (greedy, and beam 5 where asked), the same sentences at batch 64, variants

@@ -1,6 +1,6 @@
 """Time the data stages on a prepared run: prepare + tokenizer training, and tf.data batches.
 
-    python scripts/bench_data.py --config configs/multi30k_en_de.yaml --run-dir runs/bench_data
+    python benchmarks/bench_data.py --config configs/multi30k_en_de.yaml --run-dir runs/bench_data
 
 Prints one JSON object: seconds for prepare and for SentencePiece training, and the input
 pipeline's throughput (batches/s, target tokens/s) over one full epoch of token-budget

@@ -1,6 +1,6 @@
 """Decoding speed and BLEU of the same model in fp32 and in bf16, interleaved in one process.
 
-    python scripts/bench_precision.py runs/multi30k_en_de/teacher 5 runs/multi30k_en_de/rnn_seq 1 \
+    python benchmarks/bench_precision.py runs/multi30k_en_de/teacher 5 runs/multi30k_en_de/rnn_seq 1 \
         --src runs/multi30k_en_de/data/test.src --ref runs/multi30k_en_de/data/test.tgt
 
 Pairs of (model directory, beam); batch 64; a warm-up pass, then `--repeats` timed passes

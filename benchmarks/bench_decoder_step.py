@@ -1,6 +1,6 @@
 """Time one decoder step of an untrained model at batch 64 (architecture choices, no training).
 
-    python scripts/bench_decoder_step.py student_rnn model.student_rnn.embed_dim=128
+    python benchmarks/bench_decoder_step.py student_rnn model.student_rnn.embed_dim=128
 
 Builds the model from configs/multi30k_en_de.yaml with the given overrides, encodes 64 random
 20-token sources and runs `greedy_search` for a fixed 32 steps (eos disabled) ten times;

@@ -1,7 +1,7 @@
 """The training input path at scale: synthetic scale-ups of Multi30k, encoded into
 memory-mapped token shards and read through tf.data exactly as training reads them.
 
-    python scripts/bench_scale.py --sizes 100000 1000000 --old-at 100000 \\
+    python benchmarks/bench_scale.py --sizes 100000 1000000 --old-at 100000 \\
         --work /tmp/bench_scale --out docs/bench/scale.json
 
 The corpus of N pairs is Multi30k's train split repeated: copy 0 is the original, every

@@ -1,6 +1,6 @@
 """Teacher decoding: our TensorFlow search (before) against its CTranslate2 export (after).
 
-    python scripts/bench_teacher_decode.py --model-dir /tmp/teacher \\
+    python benchmarks/bench_teacher_decode.py --model-dir /tmp/teacher \\
         --src RUN/data/test.src --ref RUN/data/test.tgt --out docs/bench/teacher_decode.json
 
 One process, one run: the Keras teacher (TensorFlow limited to `--threads` intra-op

@@ -1,6 +1,6 @@
 """Peak memory of `nmt-kd translate` and `nmt-kd distill` on growing inputs (streaming check).
 
-    python scripts/bench_streaming.py [--sizes 10000 100000] [--out docs/bench/bench_streaming.json]
+    python benchmarks/bench_streaming.py [--sizes 10000 100000] [--out docs/bench/bench_streaming.json]
 
 Builds, in a scratch directory, a toy corpus of each size, a joint SentencePiece model and
 an untrained tiny RNN student (the model's quality does not matter here, only the memory the

@@ -1,6 +1,6 @@
 """Training steps/s on one worker vs two local workers (MultiWorkerMirroredStrategy).
 
-    python scripts/bench_distributed.py --config configs/multi30k_en_de.yaml \
+    python benchmarks/bench_distributed.py --config configs/multi30k_en_de.yaml \
         --run-dir runs/multi30k_en_de --model student_rnn --steps 60 --out docs/bench/bench_distributed.json
 
 Each setting trains `--model` from scratch twice, for `--warmup` and for `--warmup + --steps`
