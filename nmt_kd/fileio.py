@@ -47,6 +47,31 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file name beside `path`, for writers that take a name rather than a file
+    object (Keras' `model.save` wants a `.keras` suffix, `shutil.copyfile` a destination):
+    renamed to `path` when the block succeeds, removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy `src` to `dst` so that `dst` is either the complete copy or what it was before."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+@contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name; it appears at `path` only when complete.
 

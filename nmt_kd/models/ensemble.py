@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from nmt_kd.errors import UserError
-from nmt_kd.fileio import read_json, sha256_file, write_json
+from nmt_kd.fileio import atomic_copy, read_json, sha256_file, write_json
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -184,7 +184,6 @@ def create_ensemble_dir(members: list[str | os.PathLike], out: str | os.PathLike
     The members must share their spm.model byte for byte; it is copied into `out`.
     ensemble.json is written last: a directory without it is not an ensemble.
     """
-    import shutil
 
     out = Path(out)
     dirs = [Path(m) for m in members]
@@ -200,9 +199,7 @@ def create_ensemble_dir(members: list[str | os.PathLike], out: str | os.PathLike
     spm = check_shared_spm(dirs)
     out.mkdir(parents=True, exist_ok=True)
     (out / ENSEMBLE_FILE).unlink(missing_ok=True)
-    tmp = out / ".spm.model.tmp"
-    shutil.copyfile(spm, tmp)
-    os.replace(tmp, out / "spm.model")
+    atomic_copy(spm, out / "spm.model")
     names = [os.path.relpath(d.resolve(), out.resolve()) for d in dirs]
     write_json(out / "model.json", ensemble_meta(out, names))
     write_json(out / ENSEMBLE_FILE, {"members": names, "spm": "spm.model",

@@ -11,15 +11,12 @@ An ensemble directory (`nmt_kd.models.ensemble`) loads as an `Ensemble` of its m
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from nmt_kd.errors import UserError
-from nmt_kd.fileio import read_json, sha256_file, write_json
+from nmt_kd.fileio import atomic_copy, atomic_path, read_json, sha256_file, write_json
 from nmt_kd.models.ensemble import is_ensemble_dir
 from nmt_kd.tokenizer import Tokenizer
 
@@ -35,19 +32,10 @@ def save_model_dir(model, out_dir: str | Path, tokenizer: Tokenizer, meta: dict)
     """Write model.keras, spm.model and model.json into `out_dir`, each atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".keras", dir=out_dir)
-    os.close(fd)
-    try:
+    with atomic_path(out_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, out_dir / "model.keras")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     if tokenizer.model_path.resolve() != (out_dir / "spm.model").resolve():
-        fd, tmp = tempfile.mkstemp(prefix=".spm.", dir=out_dir)
-        os.close(fd)
-        shutil.copyfile(tokenizer.model_path, tmp)
-        os.replace(tmp, out_dir / "spm.model")
+        atomic_copy(tokenizer.model_path, out_dir / "spm.model")
     meta = dict(meta)
     meta.update(vocab_size=tokenizer.vocab_size, params=int(model.count_params()),
                 tokenizer_sha256=sha256_file(out_dir / "spm.model"))
