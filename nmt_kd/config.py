@@ -273,8 +273,12 @@ class DistillConfig:
     drop_worst: float = 0.0  # fraction of lowest-scoring teacher translations to drop
     shard_size: int = 2000
     batch_size: int = 64  # the teacher's decoding batch (its own: decode.batch_size is evaluation's)
+    # tensorflow: the teacher's own search; ctranslate2: the teacher converted to CTranslate2
+    # for the distillation (2-3x faster on CPU, same BLEU; pip install 'nmt-kd[ct2]')
+    engine: str = "tensorflow"
 
     def __post_init__(self) -> None:
+        _one_of("distill.engine", self.engine, ("tensorflow", "ctranslate2"))
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"distill.alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:

@@ -16,9 +16,11 @@ lowest-scoring fraction of teacher translations.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -109,9 +111,6 @@ def translate_shards(
     `translator`: a `nmt_kd.translate.Translator` over any backend (by default, one over the
     Keras model in `teacher_dir`); it must support `distill.beam` and the n-best asked for.
     """
-    from nmt_kd.models.persistence import load_model_dir
-    from nmt_kd.translate import Translator
-
     run_dir = Path(run_dir)
     dc = cfg.distill
     src_path, ref_path, n_lines = _train_files(run_dir)
@@ -122,17 +121,40 @@ def translate_shards(
         f"has {len(mine)}, {len(mine) - len(todo)} already done")
     if not todo:
         return []
-    if translator is None:
-        teacher_dir = Path(teacher_dir or run_dir / "teacher")
-        from nmt_kd.ct2 import is_ct2_dir
-        from nmt_kd.translate import open_translator
+    with contextlib.ExitStack() as scope:
+        if translator is None:
+            translator = scope.enter_context(_teacher_translator(cfg, run_dir, teacher_dir, log))
+        return _translate_todo(cfg, run_dir, translator, src_path, ref_path, ranges, todo, log)
 
-        # a CTranslate2 export of the teacher (nmt-kd export --format ctranslate2) decodes there
-        if is_ct2_dir(teacher_dir):
-            translator = open_translator(teacher_dir, cfg.decode)[0]
-        else:
-            model, tokenizer, _ = load_model_dir(teacher_dir, cfg.decode.precision)
-            translator = Translator(model, tokenizer, cfg.decode)
+
+@contextlib.contextmanager
+def _teacher_translator(cfg: Config, run_dir: Path, teacher_dir, log):
+    """The teacher's translator: a CTranslate2 export given as the teacher, the Keras model
+    converted to CTranslate2 in a scratch directory (`distill.engine: ctranslate2`), or the
+    Keras model under the TensorFlow search."""
+    from nmt_kd.ct2 import export_ctranslate2, is_ct2_dir
+    from nmt_kd.models.ensemble import is_ensemble_dir
+    from nmt_kd.models.persistence import load_model_dir
+    from nmt_kd.translate import Translator, open_translator
+
+    teacher_dir = Path(teacher_dir or run_dir / "teacher")
+    if is_ct2_dir(teacher_dir):  # nmt-kd export --format ctranslate2, given as the teacher
+        yield open_translator(teacher_dir, cfg.decode)[0]
+    elif cfg.distill.engine == "ctranslate2":
+        if is_ensemble_dir(teacher_dir):
+            raise UserError(f"distill.engine: ctranslate2 decodes one Transformer teacher; "
+                            f"{teacher_dir} is an ensemble (use distill.engine: tensorflow)")
+        with tempfile.TemporaryDirectory(prefix=".teacher_ct2.", dir=run_dir) as scratch:
+            out = export_ctranslate2(teacher_dir, Path(scratch) / "ct2", log=log)
+            yield open_translator(out, cfg.decode)[0]
+    else:
+        model, tokenizer, _ = load_model_dir(teacher_dir, cfg.decode.precision)
+        yield Translator(model, tokenizer, cfg.decode)
+
+
+def _translate_todo(cfg: Config, run_dir: Path, translator, src_path, ref_path, ranges, todo,
+                    log) -> list[int]:
+    dc = cfg.distill
     nbest = max(dc.nbest, dc.beam if dc.seq_inter else 1)
     metric = _sentence_metric(dc.seq_inter_metric) if dc.seq_inter else None
     t0, lines_done = time.perf_counter(), 0

@@ -180,15 +180,23 @@ def _teacher_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
     return stages
 
 
+def _distill_section(c: dict) -> dict:
+    """The distill section as stage hashes see it: without `engine` (which search translates
+    the corpus; the distill stage adds it when it is not the default)."""
+    return {k: v for k, v in c["distill"].items() if k != "engine"}
+
+
 def _distill_stage(cfg: Config, c: dict, run: Path, log) -> Stage:
     from nmt_kd.distill import distill_corpus
 
     decode = {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size")}
     teacher = kd_teacher_dir(cfg, run)
+    engine = cfg.distill.engine  # in the hash only when not the default (older runs keep theirs)
     return Stage(
         "distill", "distill", run / "distill",
-        {"distill": c["distill"], "decode": decode,
-         **({"teacher": teacher.name} if teacher.name != "teacher" else {})},
+        {"distill": _distill_section(c), "decode": decode,
+         **({"teacher": teacher.name} if teacher.name != "teacher" else {}),
+         **({"engine": engine} if engine != "tensorflow" else {})},
         _data_files(run, ("train",)) + _weights(cfg, run, teacher.name),
         run=lambda: distill_corpus(cfg, run, teacher_dir=teacher, log=log), resumable=True,
         products=[run / "distill" / "manifest.json"])
@@ -210,7 +218,7 @@ def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
             scfg = _student_config(cfg, spec, seed)
             depends = {"spec": config_to_dict(spec), "model": config_to_dict(cfg.model.section(spec.arch)),
                        "max_positions": c["model"]["max_positions"], "train": c["student_train"],
-                       "distill": c["distill"] if spec.kd != "none" else None,
+                       "distill": _distill_section(c) if spec.kd != "none" else None,
                        "decode": _train_decode(c)}
             if seed is not None:  # (absent without seeds: older run directories keep their hash)
                 depends["seed"] = seed

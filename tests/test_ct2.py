@@ -193,3 +193,32 @@ def test_distill_translates_shards_with_a_ct2_teacher(pair, tiny_run, tmp_path):
     src = read_lines(run / "data/train.src")[:100]
     same_cfg = Translator.from_backend(CT2Backend(ct_tr.backend.meta_dir, cfg.decode))
     assert [r["hyp"] for r in records] == same_cfg.translate(src, beam=2).hypotheses
+
+
+def test_distill_engine_ctranslate2_converts_the_keras_teacher_for_the_run(pair, tiny_run, tmp_path):
+    """`distill.engine: ctranslate2` with a Keras teacher: the shards are what the CTranslate2
+    export decodes (not the TensorFlow search), and the scratch export is gone afterwards."""
+    import json
+
+    from conftest import clone_run
+
+    from nmt_kd.config import ConfigError, config_from_dict
+    from nmt_kd.ct2 import CT2Backend
+    from nmt_kd.distill import shard_path, translate_shards
+    from nmt_kd.translate import Translator
+
+    _, ct_tr, _ = pair
+    run, tree = clone_run(tiny_run, tmp_path)
+    tree["distill"] = dict(tree.get("distill", {}), beam=2, shard_size=100, engine="ctranslate2")
+    cfg = config_from_dict(tree)
+    keras_teacher = ct_tr.backend.meta["model_dir"]
+    logs = []
+    assert translate_shards(cfg, run, teacher_dir=keras_teacher, log=logs.append)
+    assert any("CTranslate2" in m for m in logs)  # the export ran
+    hyps = [json.loads(line)["hyp"] for line in shard_path(run, 0).read_text().splitlines()]
+    src = read_lines(run / "data/train.src")[:100]
+    export = Translator.from_backend(CT2Backend(ct_tr.backend.meta_dir, cfg.decode))
+    assert hyps == export.translate(src, beam=2).hypotheses
+    assert not list(run.glob(".teacher_ct2.*"))
+    with pytest.raises(ConfigError, match="distill.engine"):
+        config_from_dict(dict(tree, distill=dict(tree["distill"], engine="onnx")))
