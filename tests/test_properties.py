@@ -36,9 +36,16 @@ _LINE = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), ma
 @FEW
 @given(pairs=st.lists(st.tuples(_TEXT, _TEXT), max_size=40),
        min_words=st.integers(0, 2), max_words=st.integers(1, 4),
-       max_ratio=st.sampled_from([1.5, 2.0, 9.0]), overlap=st.sets(_TEXT, max_size=3))
+       max_ratio=st.sampled_from([1.5, 2.0, 9.0]), overlap=st.sets(_TEXT, max_size=3),
+       data=st.data())
 def test_cleaning_keeps_every_good_pair_once_in_order_and_aligned(pairs, min_words, max_words,
-                                                                  max_ratio, overlap):
+                                                                  max_ratio, overlap, data):
+    # held-out sources also drawn from the corpus itself, so that the overlap filter drops
+    # pairs in most examples (independent draws alone rarely hit a source that survives the
+    # length filters, and an uncounted overlap drop then passed 3 runs in 4)
+    if pairs:
+        picked = data.draw(st.sets(st.integers(0, len(pairs) - 1), max_size=3))
+        overlap = set(overlap) | {pairs[i][0] for i in picked}
     report = clean.FilterReport()
     raw = [(clean.normalize(s), clean.normalize(t)) for s, t in pairs]
     out = clean.drop_empty(raw, report)
