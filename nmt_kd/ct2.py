@@ -181,6 +181,7 @@ def export_ctranslate2(model_dir: str | Path, out: str | Path, quantize: str = "
     """
     from nmt_kd.export import _refuse_ensemble, _require_empty
     from nmt_kd.models.persistence import load_model_dir
+    from nmt_kd.models.registry import require_export
 
     if quantize not in ("none", "int8"):
         raise UserError(f"--quantize for ctranslate2 is none or int8, got {quantize!r}")
@@ -190,6 +191,7 @@ def export_ctranslate2(model_dir: str | Path, out: str | Path, quantize: str = "
     t0 = time.perf_counter()
     _refuse_ensemble(model_dir)
     model, tokenizer, meta = load_model_dir(model_dir, "fp32")
+    require_export("ctranslate2", model_dir, meta, model)  # the registry's word, as other exports
     spec = teacher_spec(model, spm_pieces(tokenizer))
     spec.optimize(quantization=None if quantize == "none" else "int8")
     with atomic_directory(out) as tmp:
