@@ -120,7 +120,8 @@ def cmd_average(args) -> int:
     from nmt_kd.train import average_model_dir
 
     cfg = _load(args)
-    average_model_dir(cfg, _run_dir(args, cfg), args.name, args.last, args.out_name or f"{args.name}_avg{args.last}")
+    average_model_dir(cfg, _run_dir(args, cfg), args.name, args.last,
+                      args.out_name or f"{args.name}_avg{args.last}", until=args.until)
     return 0
 
 
@@ -368,6 +369,8 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
     p.add_argument("--name", default="teacher", help="model sub-directory (default: teacher)")
     p.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints")
+    p.add_argument("--until", type=int, metavar="STEP",
+                   help="only checkpoints saved at or before STEP (default: the newest)")
     p.add_argument("--out-name", help="output sub-directory (default: NAME_avgK)")
     p.set_defaults(func=cmd_average)
 

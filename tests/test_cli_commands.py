@@ -162,6 +162,23 @@ def test_average_command_writes_the_mean_of_the_newest_checkpoints(trained):
     assert not np.allclose(first, readers[1].get_tensor("model_weights/0/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+def test_average_until_takes_the_newest_checkpoints_at_or_before_the_step(trained, capsys):
+    from nmt_kd.models.persistence import load_model_dir
+
+    run, _, config = trained
+    state = tf.train.get_checkpoint_state(str(run / "teacher/checkpoints"))
+    steps = [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths]
+    assert steps[-1] == 400 and 200 in steps and 300 in steps
+    assert main(["average", "--config", str(config), "--run-dir", str(run), "--name", "teacher",
+                 "--last", "2", "--until", "399", "--out-name", "teacher_until"]) == 0
+    _, _, meta = load_model_dir(run / "teacher_until")
+    assert meta["final_weights"].endswith("ckpt-200, ckpt-300")
+    assert main(["average", "--config", str(config), "--run-dir", str(run), "--name", "teacher",
+                 "--last", "2", "--until", "100", "--out-name", "never"]) == 2
+    assert "at or before step 100" in capsys.readouterr().err
+    assert not (run / "never").exists()
+
+
 def test_export_command_serves_the_beam_it_was_asked_for(trained, tmp_path):
     import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the export)
 

@@ -47,18 +47,33 @@ def average_checkpoints(model, paths: list[str]) -> None:
     model.set_weights([a / len(paths) for a in sums])
 
 
+def checkpoint_step(path: str) -> int:
+    """The step a checkpoint was saved at: the number in its name (`ckpt-2500` -> 2500)."""
+    return int(Path(path).name.rsplit("-", 1)[-1])
+
+
 def average_model_dir(cfg: Config, run_dir: str | Path, name: str, last: int, out_name: str,
-                      log: Callable[[str], None] = print) -> Path:
-    """Average the last `last` checkpoints of RUN/<name> into a new model directory."""
+                      log: Callable[[str], None] = print, until: int | None = None) -> Path:
+    """Average the last `last` checkpoints of RUN/<name> into a new model directory.
+
+    `until`: only checkpoints saved at or before that step, so the average of a shorter run
+    (whose checkpoints are the same under a step-independent learning-rate schedule) can be
+    chosen on valid without training it again.
+    """
     from nmt_kd.fileio import read_json
 
     run_dir = Path(run_dir)
     src = run_dir / name
     meta = read_json(src / "model.json")
     state = tf.train.get_checkpoint_state(str(src / "checkpoints"))
-    paths = list(state.all_model_checkpoint_paths)[-last:] if state else []
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    if until is not None:
+        paths = [p for p in paths if checkpoint_step(p) <= until]
+    paths = paths[-last:]
     if len(paths) < 2:
-        raise UserError(f"{src / 'checkpoints'} holds {len(paths)} checkpoint(s); averaging needs two or more")
+        where = f" at or before step {until}" if until is not None else ""
+        raise UserError(f"{src / 'checkpoints'} holds {len(paths)} checkpoint(s){where}; "
+                        "averaging needs two or more")
     tokenizer = Tokenizer(src / "spm.model")
     keras.mixed_precision.set_global_policy("float32")
     model = build_model(meta["model_type"], cfg.model, tokenizer.vocab_size)
