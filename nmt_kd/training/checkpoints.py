@@ -64,6 +64,9 @@ def average_model_dir(cfg: Config, run_dir: str | Path, name: str, last: int, ou
 
     run_dir = Path(run_dir)
     src = run_dir / name
+    if not (src / "model.json").is_file():
+        raise UserError(f"{src} has no model.json: its training has not finished (or it is not "
+                        "a model directory); averaging reads the model's type from it")
     meta = read_json(src / "model.json")
     state = tf.train.get_checkpoint_state(str(src / "checkpoints"))
     paths = list(state.all_model_checkpoint_paths) if state else []
