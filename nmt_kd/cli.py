@@ -428,9 +428,10 @@ def _add_pipeline_parser(sub) -> None:
     p.add_argument("--adopt", action="store_true",
                    help="record finished output made by the step-by-step commands (a stage's "
                    "final files present, never run by the pipeline) as done instead of redoing it")
-    p.add_argument("--lanes", type=int, default=1,
+    p.add_argument("--lanes", type=int, default=None,
                    help="run the stages in N processes at once (stage locks keep them apart; "
-                   "each gets cores/N intra-op threads): students and evaluations run side by side")
+                   "each gets cores/N intra-op threads): students and evaluations run side by side; "
+                   "default: pipeline.lanes of the config")
     p.add_argument("--lane", action="store_true", help=argparse.SUPPRESS)  # a secondary lane
     p.set_defaults(func=cmd_pipeline)
 
@@ -550,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if hasattr(args, "lanes") and args.lanes is None:  # before TensorFlow starts, as below
+        try:
+            args.lanes = 1 if args.lane else _load(args).pipeline.lanes
+        except (UserError, OSError):  # the command reports the config's problem itself
+            args.lanes = 1
     lanes = getattr(args, "lanes", 1) or 1
     if lanes > 1 or getattr(args, "lane", False):  # before TensorFlow starts: it reads these once
         share = str(max(1, (os.cpu_count() or 1) // max(lanes, 2)))

@@ -340,8 +340,13 @@ class PipelineConfig:
     # what distill and word-KD learn from: the teacher (RUN/teacher) or the ensemble of all
     # the teachers (RUN/teacher_ensemble, averaging their log-probabilities at each step)
     kd_teacher: str = "single"
+    # processes that run the stages at once (`nmt-kd pipeline --lanes N` overrides it): with 2,
+    # a student without KD trains while the teacher distils, and evaluations run side by side
+    lanes: int = 1
 
     def __post_init__(self) -> None:
+        if self.lanes < 1:
+            raise ConfigError(f"pipeline.lanes must be at least 1, got {self.lanes}")
         _one_of("pipeline.kd_teacher", self.kd_teacher, ("single", "ensemble"))
         if len(set(self.teacher_seeds)) != len(self.teacher_seeds):
             raise ConfigError(f"pipeline.teacher_seeds repeats a seed: {list(self.teacher_seeds)}")

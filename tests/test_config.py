@@ -45,6 +45,8 @@ def test_wrong_types_are_rejected(tmp_path):
         load_config(write(tmp_path, "data:\n  dedupe: 1\n"))
     with pytest.raises(ConfigError, match="must be one of"):
         load_config(write(tmp_path, "train:\n  precision: fp8\n"))
+    with pytest.raises(ConfigError, match="pipeline.lanes must be at least 1"):
+        load_config(write(tmp_path, "pipeline:\n  lanes: 0\n"))
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -207,8 +207,9 @@ def test_teacher_seeds_and_an_ensemble_kd_teacher(pipeline_tree, tmp_path):
 
 
 def test_two_lanes_run_every_stage_once_and_side_by_side(pipeline_tree, tmp_path):
-    """`nmt-kd pipeline --lanes 2`: two processes share the stages through lock files; every
-    stage runs exactly once over both, both lanes train something, and the run is complete."""
+    """`pipeline.lanes: 2` (what `--lanes 2` sets too): two processes share the stages through
+    lock files; every stage runs exactly once over both, both lanes train something, and the
+    run is complete."""
     import subprocess
     import sys
 
@@ -219,11 +220,12 @@ def test_two_lanes_run_every_stage_once_and_side_by_side(pipeline_tree, tmp_path
         {"name": "rnn_none", "arch": "student_rnn", "kd": "none", "seeds": [1, 2]},
         {"name": "rnn_seq", "arch": "student_rnn", "kd": "seq", "seeds": [1, 2]}]
     tree["student_train"]["max_steps"] = 30
+    tree["pipeline"]["lanes"] = 2
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(tree))
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "nmt_kd.cli", "pipeline", "-c", str(cfg_file),
-                           "--run-dir", str(run), "--lanes", "2"], capture_output=True, text=True,
+                           "--run-dir", str(run)], capture_output=True, text=True,
                           timeout=1800, stdin=subprocess.DEVNULL)
     lane2 = (run / "lanes/lane2.log").read_text()
     assert proc.returncode == 0, proc.stderr[-3000:] + lane2[-3000:]
