@@ -1,5 +1,6 @@
-"""The training input path at scale: synthetic scale-ups of Multi30k, encoded into
-memory-mapped token shards and read through tf.data exactly as training reads them.
+"""The training input path and the prepare stage at scale: synthetic scale-ups of Multi30k,
+cleaned and split by `nmt-kd prepare`'s code, encoded into memory-mapped token shards and
+read through tf.data exactly as training reads them.
 
     python benchmarks/bench_scale.py --sizes 100000 1000000 --old-at 100000 \\
         --work /tmp/bench_scale --out docs/bench/scale.json
@@ -13,6 +14,13 @@ samples every 50 ms: `encode` (text -> shards, `encode_corpus`) and `input` (the
 and the tf.data batches of <= max_tokens tokens: `ShardStream.dataset`, what train.py
 iterates). `--old-at N` also measures today's path at N pairs (`read_lines` +
 `encode_pairs`, then `BatchStream.iter_indexed` as training read it before the shards).
+
+`prepare` (`prepare_data`, timed without the imports) runs the default data section on the
+same corpus (valid and test, 1,000 pairs each, cut from it after de-duplication, the length
+and overlap filters) with data.max_train_pairs at half the pairs, so that every pass of the
+stage runs, into a fresh run directory. `--parts` picks what to measure (`encode`: encode and
+input, `prepare`); the figures are merged into `--out`: sizes not measured keep theirs, and a
+measured size keeps the keys this run did not measure.
 
 `--loss-steps S` also trains a tiny teacher (d_model 64, 2+2 layers, fp32, dropout 0.1) on
 the real Multi30k for S steps from the same seed through both paths (`train_model`'s
@@ -33,7 +41,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
+MULTI30K = REPO.parent / "shared" / "data" / "multi30k"  # --multi30k for another checkout
 
 
 def noisy(line: str, rng: random.Random) -> str:
@@ -45,12 +53,12 @@ def noisy(line: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def synth_corpus(n: int, out: Path) -> tuple[Path, Path]:
+def synth_corpus(n: int, out: Path, multi30k: Path) -> tuple[Path, Path]:
     """N pairs of Multi30k train with word-order noise (see the module docstring)."""
     src, tgt = out / "train.src", out / "train.tgt"
     if src.is_file() and tgt.is_file():
         return src, tgt
-    base = [(MULTI30K / f"train.{lang}").read_text(encoding="utf-8").splitlines()
+    base = [(multi30k / f"train.{lang}").read_text(encoding="utf-8").splitlines()
             for lang in ("en", "de")]
     out.mkdir(parents=True, exist_ok=True)
     tmp = [Path(f"{p}.tmp") for p in (src, tgt)]
@@ -125,6 +133,18 @@ def child_old(args) -> dict:
             "input_target_tokens_per_second": round(tokens / (t2 - t1))}
 
 
+def child_prepare(args) -> dict:
+    from nmt_kd.config import config_from_dict
+    from nmt_kd.data.prepare import prepare_data
+
+    cfg = config_from_dict({"data": {"train_src": args.src, "train_tgt": args.tgt,
+                                     "max_train_pairs": args.max_train_pairs}})
+    t0 = time.perf_counter()
+    m = prepare_data(cfg, args.root, log=lambda _m: None)
+    return {"prepare_seconds": round(time.perf_counter() - t0, 2), "counts": m["counts"],
+            "removed": m["removed_from_train"]}
+
+
 def run_child(mode: str, **kw) -> dict:
     """Run `mode` in a child process, sampling its RssAnon every 50 ms."""
     cmd = [sys.executable, __file__, "--child", mode] + [
@@ -152,26 +172,42 @@ def run_child(mode: str, **kw) -> dict:
     return {**json.loads(out.strip().splitlines()[-1]), "peak_anon_mb": round(peak[0] / 1024, 1)}
 
 
-def tokenizer(work: Path) -> Path:
+def tokenizer(work: Path, multi30k: Path) -> Path:
     from nmt_kd.config import VocabConfig
     from nmt_kd.tokenizer import train_tokenizer
 
     spm = work / "vocab" / "spm.model"
     if not spm.is_file():
-        train_tokenizer(VocabConfig(size=8000), MULTI30K / "train.en", MULTI30K / "train.de",
+        train_tokenizer(VocabConfig(size=8000), multi30k / "train.en", multi30k / "train.de",
                         work / "vocab")
     return spm
 
 
-def measure(n: int, args, spm: Path, old: bool) -> dict:
-    src, tgt = synth_corpus(n, args.work / str(n))
-    common = {"spm": spm, "src": src, "tgt": tgt, "max_len": args.max_len,
-              "max_tokens": args.max_tokens, "max_batches": args.max_batches}
+def measure(n: int, args, old: bool) -> dict:
+    src, tgt = synth_corpus(n, args.work / str(n), args.multi30k)
+    row = {"text_mb": round((src.stat().st_size + tgt.stat().st_size) / 2**20, 1)}
+    if "prepare" in args.parts:
+        root = args.work / str(n) / "prepared"
+        shutil.rmtree(root, ignore_errors=True)  # a fresh run directory
+        p = run_child("prepare", src=src, tgt=tgt, root=root, max_train_pairs=n // 2)
+        row |= {"prepare_seconds": p["prepare_seconds"], "prepare_peak_anon_mb": p["peak_anon_mb"],
+                "prepare_counts": p["counts"], "prepare_removed": p["removed"],
+                "prepare_load_average": round(os.getloadavg()[0], 1)}
+        shutil.rmtree(root)
+    if "encode" in args.parts:
+        row |= measure_encode(n, args, src, tgt, old)
+    print(json.dumps({n: row}), file=sys.stderr, flush=True)
+    return row
+
+
+def measure_encode(n: int, args, src: Path, tgt: Path, old: bool) -> dict:
+    common = {"spm": tokenizer(args.work, args.multi30k), "src": src, "tgt": tgt,
+              "max_len": args.max_len, "max_tokens": args.max_tokens,
+              "max_batches": args.max_batches}
     shutil.rmtree(args.work / str(n) / "encoded", ignore_errors=True)  # encode afresh
     enc = run_child("encode", root=args.work / str(n) / "encoded", **common)
     inp = run_child("input", shard_dir=enc["shard_dir"], **common)
-    row = {"pairs": enc["pairs"], "text_mb": round((src.stat().st_size + tgt.stat().st_size)
-                                                   / 2**20, 1),
+    row = {"pairs": enc["pairs"],
            "encode_seconds": enc["encode_seconds"], "encode_peak_anon_mb": enc["peak_anon_mb"],
            "shard_mb": enc["shard_mb"], "input_peak_anon_mb": inp["peak_anon_mb"],
            "input_target_tokens_per_second": inp["input_target_tokens_per_second"],
@@ -181,8 +217,16 @@ def measure(n: int, args, spm: Path, old: bool) -> dict:
         o = run_child("old", **common)
         row["old_path"] = {"encode_seconds": o["encode_seconds"], "peak_anon_mb": o["peak_anon_mb"],
                            "input_target_tokens_per_second": o["input_target_tokens_per_second"]}
-    print(json.dumps({n: row}), file=sys.stderr, flush=True)
     return row
+
+
+def merged(out: Path, result: dict) -> dict:
+    """`result` merged into the figures already in `out` (see the module docstring)."""
+    before = json.loads(out.read_text()) if out.is_file() else {}
+    sizes = before.get("sizes", {})
+    for n, row in result.pop("sizes").items():
+        sizes[n] = {**sizes.get(n, {}), **row}
+    return {**before, **result, "sizes": sizes}
 
 
 def loss_curves(steps: int, work: Path) -> dict:
@@ -216,8 +260,11 @@ def loss_curves(steps: int, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--child", choices=("encode", "input", "old"))
+    ap.add_argument("--child", choices=("encode", "input", "old", "prepare"))
     ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    ap.add_argument("--parts", nargs="+", choices=("encode", "prepare"),
+                    default=["encode", "prepare"])
+    ap.add_argument("--multi30k", type=Path, default=MULTI30K)
     ap.add_argument("--old-at", type=int, nargs="*", default=[100_000])
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"))
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "scale.json")
@@ -227,18 +274,28 @@ def main() -> None:
     ap.add_argument("--loss-steps", type=int, default=0)
     for k in ("spm", "src", "tgt", "root", "shard-dir"):
         ap.add_argument(f"--{k}")
+    ap.add_argument("--max-train-pairs", type=int)
     args = ap.parse_args()
     if args.child:
-        fn = {"encode": child_encode, "input": child_input, "old": child_old}[args.child]
+        fn = {"encode": child_encode, "input": child_input, "old": child_old,
+              "prepare": child_prepare}[args.child]
         print(json.dumps(fn(args)))
         return
-    spm = tokenizer(args.work)
-    rows = {str(n): measure(n, args, spm, n in args.old_at) for n in args.sizes}
-    result = {"machine": f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} "
-              "at the end", "max_tokens": args.max_tokens, "max_len": args.max_len,
-              "max_batches": args.max_batches or "whole epoch", "sizes": rows}
+    from nmt_kd.fileio import cpuinfo
+
+    rows = {str(n): measure(n, args, n in args.old_at) for n in args.sizes}
+    machine = f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end"
+    result = {"sizes": rows}
+    if "encode" in args.parts:
+        result |= {"machine": machine, "max_tokens": args.max_tokens, "max_len": args.max_len,
+                   "max_batches": args.max_batches or "whole epoch"}
+    if "prepare" in args.parts:
+        result["prepare"] = {  # the load of each size's run is in its row
+            "machine": f"{cpuinfo('model name')}, {os.cpu_count()} CPU cores",
+            "config": "the default data section; data.max_train_pairs: half the pairs"}
     if args.loss_steps:
         result["loss_curves"] = loss_curves(args.loss_steps, args.work)
+    result = merged(args.out, result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -41,8 +41,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in NO_ROOM and e.filename is None:
-            e.filename = str(path)  # a failed write() names no file; say which output it was
+        _name_file(e, path)
+        raise
+
+
+def _name_file(e: BaseException, path: str | os.PathLike) -> None:
+    if isinstance(e, OSError) and e.errno in NO_ROOM and e.filename is None:
+        e.filename = str(path)  # a failed write() names no file; say which output it was
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """A full disk met inside the block is reported as met while writing `path`."""
+    try:
+        yield
+    except OSError as e:
+        _name_file(e, path)
         raise
 
 
@@ -149,6 +163,31 @@ def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
             f.write(line)
             f.write("\n")
             n += 1
+    return n
+
+
+def write_pairs(src_path: str | os.PathLike, tgt_path: str | os.PathLike,
+                pairs: Iterable[tuple[str, str]]) -> int:
+    """Atomically write line-aligned source and target files, one pair at a time (no text
+    may contain a newline). Returns the count.
+
+    Both files are open at once; a full disk is reported as met on the one whose write failed.
+    """
+    n = 0
+    where = None
+    with atomic_open(src_path) as fs, atomic_open(tgt_path) as ft:
+        try:
+            for s, t in pairs:
+                where = src_path
+                fs.write(s + "\n")
+                where = tgt_path
+                ft.write(t + "\n")
+                where = None
+                n += 1
+        except OSError as e:
+            if where is not None:
+                _name_file(e, where)
+            raise
     return n
 
 

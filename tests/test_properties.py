@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from nmt_kd.config import config_from_dict
 from nmt_kd.data import clean
+from nmt_kd.data.bounded import FirstOccurrences, iter_flags
 from nmt_kd.dataset import PAD_MULTIPLE, BatchStream, EncodedPairs, token_batches
 from nmt_kd.fileio import read_lines, write_lines
 
@@ -48,11 +49,14 @@ def test_cleaning_keeps_every_good_pair_once_in_order_and_aligned(pairs, min_wor
         overlap = set(overlap) | {pairs[i][0] for i in picked}
     report = clean.FilterReport()
     raw = [(clean.normalize(s), clean.normalize(t)) for s, t in pairs]
-    out = clean.drop_empty(raw, report)
-    out = clean.dedupe(out, report)
+    out = list(clean.drop_empty(raw, report))
+    with tempfile.TemporaryDirectory() as scratch, FirstOccurrences(Path(scratch)) as seen:
+        for s, t in out:
+            seen.add(s, t)
+        out = list(clean.keep_flagged(out, iter_flags(seen.finish()), "duplicate", report))
     out = clean.length_filters(out, report, min_words, max_words, 100, max_ratio)
     eval_sources = {clean.normalize(x) for x in overlap}
-    out = clean.drop_eval_overlap(out, eval_sources, report)
+    out = list(clean.drop_eval_overlap(out, eval_sources, report))
 
     # reference: the first occurrence of each good pair, in corpus order
     want, seen = [], set()
@@ -76,18 +80,29 @@ def test_cleaning_keeps_every_good_pair_once_in_order_and_aligned(pairs, min_wor
 @given(n=st.integers(4, 60), valid=st.integers(0, 8), test=st.integers(0, 8),
        seed=st.integers(0, 3))
 def test_split_partitions_the_pairs(n, valid, test, seed):
-    from nmt_kd.data.prepare import _split
+    from nmt_kd.data.prepare import prepare_data
     from nmt_kd.errors import CorpusError
 
     pairs = [(f"s{i}", f"t{i}") for i in range(n)]
-    try:
-        train, v, t = _split(pairs, valid, test, seed)
-    except CorpusError:
-        assert valid + test >= n // 2
-        return
-    assert (len(v), len(t)) == (valid, test)
-    assert sorted(train + v + t) == sorted(pairs)  # nothing lost, nothing twice
-    assert train == [p for p in pairs if p in set(train)]  # training keeps corpus order
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        write_lines(d / "c.src", [s for s, _ in pairs])
+        write_lines(d / "c.tgt", [t for _, t in pairs])
+        cfg = config_from_dict({"data": {"train_src": str(d / "c.src"),
+                                         "train_tgt": str(d / "c.tgt"), "valid_size": valid,
+                                         "test_size": test, "split_seed": seed}})
+        try:
+            prepare_data(cfg, d / "run", log=lambda _m: None)
+        except CorpusError:
+            assert valid + test >= n // 2
+            return
+        out = {name: list(zip(read_lines(d / f"run/data/{name}.src"),
+                              read_lines(d / f"run/data/{name}.tgt"), strict=True))
+               for name in ("train", "valid", "test")}
+    assert (len(out["valid"]), len(out["test"])) == (valid, test)
+    assert sorted(out["train"] + out["valid"] + out["test"]) == sorted(pairs)  # each pair once
+    train = set(out["train"])
+    assert out["train"] == [p for p in pairs if p in train]  # training keeps corpus order
 
 
 def _padded(length: int) -> int:

@@ -1,16 +1,16 @@
 """Text normalisation and the training-data filters, each of which counts what it removes.
 
 Filters apply to training pairs only: valid and test sets are never filtered, so BLEU stays
-comparable with published figures on the same test set.
+comparable with published figures on the same test set. Each filter is a generator, so that
+the prepare stage runs them one pair at a time over corpora larger than memory.
 """
 
 from __future__ import annotations
 
-import random
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 # C0/C1 control characters (tab, CR, NUL included) become spaces; the BOM / zero-width
@@ -54,6 +54,21 @@ class FilterReport:
     def as_dict(self) -> dict:
         return {name: self.removed[name] for name in self.order}
 
+    @classmethod
+    def merged(cls, stages: Iterable[FilterReport]) -> FilterReport:
+        """One report of filter stages in the order given.
+
+        The stages run interleaved, one pair at a time, so a single report would list the
+        filters in the order of their first removal; the manifest lists them stage by stage.
+        """
+        out = cls()
+        for stage in stages:
+            for name in stage.order:
+                out.order.append(name)
+                out.removed[name] = stage.removed[name]
+                out.examples[name] = stage.examples[name]
+        return out
+
 
 def word_ratio(src: str, tgt: str) -> float:
     """Length ratio in words, smoothed by one so that 1-word vs 2-word pairs are not extreme."""
@@ -61,33 +76,33 @@ def word_ratio(src: str, tgt: str) -> float:
     return max(a, b) / min(a, b)
 
 
-def drop_empty(pairs: Iterable[tuple[str, str]], report: FilterReport) -> list[tuple[str, str]]:
-    out = []
+def drop_empty(pairs: Iterable[tuple[str, str]],
+               report: FilterReport) -> Iterator[tuple[str, str]]:
     for s, t in pairs:
         if not s or not t:
             report.drop("empty", s, t)
         else:
-            out.append((s, t))
-    return out
+            yield s, t
 
 
-def dedupe(pairs: Iterable[tuple[str, str]], report: FilterReport) -> list[tuple[str, str]]:
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for p in pairs:
-        if p in seen:
-            report.drop("duplicate", *p)
+def keep_flagged(pairs: Iterable[tuple[str, str]], flags: Iterable[bool], reason: str,
+                 report: FilterReport) -> Iterator[tuple[str, str]]:
+    """The pairs whose flag is true; the others are counted as removed for `reason`.
+
+    The flags come from a decision over the whole corpus (`nmt_kd.data.bounded`: first
+    occurrences, the max_train_pairs sample), made before this pass.
+    """
+    for (s, t), keep in zip(pairs, flags, strict=True):
+        if keep:
+            yield s, t
         else:
-            seen.add(p)
-            out.append(p)
-    return out
+            report.drop(reason, s, t)
 
 
 def length_filters(
     pairs: Iterable[tuple[str, str]], report: FilterReport, min_words: int, max_words: int,
     max_chars: int, max_ratio: float,
-) -> list[tuple[str, str]]:
-    out = []
+) -> Iterator[tuple[str, str]]:
     for s, t in pairs:
         ws, wt = len(s.split()), len(t.split())
         if min(ws, wt) < min_words:
@@ -97,31 +112,14 @@ def length_filters(
         elif word_ratio(s, t) > max_ratio:
             report.drop("length_ratio", s, t)
         else:
-            out.append((s, t))
-    return out
+            yield s, t
 
 
 def drop_eval_overlap(
     pairs: Iterable[tuple[str, str]], eval_sources: set[str], report: FilterReport
-) -> list[tuple[str, str]]:
-    out = []
+) -> Iterator[tuple[str, str]]:
     for s, t in pairs:
         if s in eval_sources:
             report.drop("overlaps_valid_test", s, t)
         else:
-            out.append((s, t))
-    return out
-
-
-def sample(
-    pairs: list[tuple[str, str]], max_pairs: int, seed: int, report: FilterReport
-) -> list[tuple[str, str]]:
-    """Keep a seeded random subset of at most `max_pairs` pairs, in corpus order."""
-    if max_pairs <= 0 or len(pairs) <= max_pairs:
-        return pairs
-    keep = sorted(random.Random(seed).sample(range(len(pairs)), max_pairs))
-    kept = set(keep)
-    for i, (s, t) in enumerate(pairs):
-        if i not in kept:
-            report.drop("sampled_out (data.max_train_pairs)", s, t)
-    return [pairs[i] for i in keep]
+            yield s, t
