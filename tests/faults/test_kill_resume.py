@@ -71,9 +71,13 @@ PLAN = [
     ("evaluate cnn_none", "header", 2),
     ("report", "header", 3),
 ]
+STEP_ANCHOR = 20
 ANCHORS = {
     "header": lambda stage: lambda line: line == f"== {stage}",
-    "step": lambda stage: lambda line: bool(STEP_LINE.match(line)),
+    # a step line at or after STEP_ANCHOR: both runs checkpoint at least every 10 steps (and
+    # save before they log further), so a kill after it always finds a checkpoint to resume
+    # from, however the machine's load stretches the timings
+    "step": lambda stage: lambda line: bool((m := STEP_LINE.match(line)) and int(m.group(1)) >= STEP_ANCHOR),
     "shard": lambda stage: lambda line: line.startswith("distill: shard 0 ("),
 }
 FRACTIONS = {"header": (0.02, 0.85), "step": (0.2, 0.85), "shard": (0.1, 0.85)}
