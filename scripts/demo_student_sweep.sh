@@ -30,6 +30,7 @@ done
 "$PY" - "$RUN" "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
+from nmt_kd.fileio import write_json
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 specs = {}  # the last spec of each name wins (a re-run with other settings)
 for line in (run / "sweep" / "specs.txt").read_text().splitlines():
@@ -39,7 +40,8 @@ import sacrebleu
 refs = (run / "data" / "valid.tgt").read_text(encoding="utf-8").splitlines()
 def length_ratio(json_path):  # hypothesis / reference length (sacreBLEU's), from the hypotheses
     hyps = json_path.with_suffix(".hyp.txt").read_text(encoding="utf-8").splitlines()
-    return round(sacrebleu.corpus_bleu(hyps, [refs]).sys_len / sacrebleu.corpus_bleu(hyps, [refs]).ref_len, 3)
+    score = sacrebleu.corpus_bleu(hyps, [refs])
+    return round(score.sys_len / score.ref_len, 3)
 rows = []
 for name, (model, kd, extra) in specs.items():
     hist = json.loads((run / name / "train_history.json").read_text())
@@ -52,10 +54,10 @@ for name, (model, kd, extra) in specs.items():
                  "bleu_beam4_valid": b["bleu"], "chrf_greedy_valid": g["chrf"], "chrf_beam4_valid": b["chrf"],
                  "length_ratio_greedy": length_ratio(paths[0]), "length_ratio_beam4": length_ratio(paths[1]),
                  "length_penalty": b.get("length_penalty"), "bleu_signature": g.get("bleu_signature")})
-out.write_text(json.dumps({"what": "demo students at 600 updates, valid split, one seed each",
+write_json(out, {"what": "demo students at 600 updates, valid split, one seed each",
                            "command": "scripts/demo_student_sweep.sh RUN_DIR OUT_JSON " + " ".join(
                                repr(" ".join([n, m, k] + ([e] if e else []))) for n, (m, k, e) in specs.items()),
                            "run_dir": "a finished `nmt-kd pipeline --config configs/demo.yaml` run (seed 1)",
-                           "rows": rows}, indent=1) + "\n")
+                           "rows": rows})
 print(f"wrote {out}: {len(rows)} rows")
 PY
