@@ -518,10 +518,14 @@ def start_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow and let it probe for devices with file descriptor 2 held in a
     temporary file: its start-up lines ("oneDNN custom operations are on", "Could not find
     cuda drivers", "failed call to cuInit") are written by C++ before any Python setting can
-    silence them. They are replayed when `verbose` is set or when the start-up fails."""
+    silence them. They are replayed when `verbose` is set or when the start-up fails.
+    Without `verbose`, TensorFlow's Python logger shows errors only: its warnings (such as
+    "triggered tf.function retracing", which each new decoding length bucket of
+    `nmt_kd.decode_policy.max_len_bucket` sets off by design) are not a user's concern."""
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     if "tensorflow" in sys.modules:
+        _python_log_level(verbose)
         return
     import tempfile
 
@@ -542,6 +546,15 @@ def start_tensorflow(verbose: bool = False) -> None:
                 held.seek(0)
                 sys.stderr.write(held.read().decode("utf-8", "replace"))
                 sys.stderr.flush()
+    _python_log_level(verbose)
+
+
+def _python_log_level(verbose: bool) -> None:
+    import logging
+
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
