@@ -51,10 +51,49 @@ rows() {
     fi
   done
 }
+# Word-KD's alpha and T are chosen on VALID before its rows train: the GRU student with
+# word-KD, seed 1, 2,000 steps, at alpha in {0.5, 0.9} x T in {1, 2} (the teacher's top-8; each T
+# its own top-k store). `word_choice` prints each run's best valid BLEU (greedy, the training
+# loop's validation); set distill.alpha / distill.temperature in $CONFIG from it, then `rows`.
+SWEEP_STEPS=${SWEEP_STEPS:-2000}
+word_sweep() {
+  for a in 0.5 0.9; do
+    for t in 1 2; do
+      row "sweep_rnn_word_a${a}_T$t" student_rnn word --set student_train.max_steps="$SWEEP_STEPS" \
+          --set student_train.seed=1 --set distill.alpha="$a" --set distill.temperature="$t"
+    done
+  done
+}
+word_choice() {
+  "$PY" - "$RUN" <<'PY'
+import json, sys
+from pathlib import Path
+for d in sorted(Path(sys.argv[1]).glob("sweep_rnn_word_*")):
+    h = json.loads((d / "train_history.json").read_text()) if (d / "train_history.json").exists() else {}
+    evals = [e for e in h.get("evals", []) if e.get("valid_bleu") is not None]
+    best = max(evals, key=lambda e: e["valid_bleu"]) if evals else None
+    done = (d / "model.keras").exists()
+    print(f"{d.name}: " + (f"best valid BLEU {best['valid_bleu']:.2f} at step {best['step']}" if best else "no eval yet")
+          + ("" if done else " (still training)"))
+PY
+}
+# The rows that do not depend on word-KD's settings first (every seed), the sweep beside them.
+nonword() {
+  for seed in 1 2 3; do
+    for kd in seq none; do
+      row "rnn_$kd.seed$seed" student_rnn "$kd" --set student_train.seed="$seed"
+      row "cnn_$kd.seed$seed" student_cnn "$kd" --set student_train.max_steps="$CNN_STEPS" \
+          --set student_train.seed="$seed"
+    done
+    if [ "$seed" = 1 ]; then word_sweep; fi
+  done
+}
 # Then `nmt-kd pipeline -c $CONFIG --run-dir $RUN --adopt` records the finished rows as done
 # and evaluates every model (test greedy/beam 5 at batch 1 and 64, valid, the blind sets),
 # and writes the report with per-seed means, spreads and Holm-corrected tests.
 # Both lanes walk the same queue; a row is trained by whichever lane reaches it first.
+# `first`: the rows and the sweep that need no choice; `rows`: all rows (after word_choice).
+first() { nonword; }
 lane_a() { rows; }
 lane_b() { rows; }
 "$@"

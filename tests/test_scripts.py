@@ -71,3 +71,49 @@ def test_prepare_corpus_writes_data_vocab_and_a_config_that_loads(tmp_path):
     bad = _run(REPO / "scripts/prepare_corpus.py", src, tgt, "--run-dir", tmp_path / "r2",
                "--valid-src", vsrc)
     assert bad.returncode == 2 and "go together" in bad.stderr
+
+
+FAKE_TRAINER = """#!/bin/bash
+# stands in for `python -P -m nmt_kd.cli train ...`: logs its arguments, "trains" the named row
+# (writes RUN/NAME/model.keras) unless the name is in $FAIL_ROWS
+args="$*"; name=${args##*--name }; name=${name%% *}; run=${args##*--run-dir }; run=${run%% *}
+echo "$args" >> "$CALLS"
+case " $FAIL_ROWS " in *" $name "*) exit 1;; esac
+mkdir -p "$run/$name" && touch "$run/$name/model.keras"
+"""
+
+
+def test_kd_table_script_trains_each_row_once_with_its_settings(tmp_path):
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_TRAINER)
+    fake.chmod(0o755)
+    run, calls = tmp_path / "run", tmp_path / "calls.txt"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "RUN": str(run), "CALLS": str(calls),
+           "SRC_COPY": str(tmp_path / "src"), "FAIL_ROWS": "cnn_none.seed2"}
+
+    def kd_table(*what):
+        return subprocess.run(["bash", str(REPO / "scripts" / "kd_table.sh"), *what],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    first = kd_table("first")
+    assert first.returncode == 0, first.stderr
+    lines = calls.read_text().splitlines()
+    names = [line.split("--name ")[1].split()[0] for line in lines]
+    # no word-KD row before its settings are chosen; the sweep right after seed 1's rows
+    assert names[:4] == ["rnn_seq.seed1", "cnn_seq.seed1", "rnn_none.seed1", "cnn_none.seed1"]
+    assert names[4:8] == [f"sweep_rnn_word_a{a}_T{t}" for a in ("0.5", "0.9") for t in (1, 2)]
+    assert len(names) == 16 and not any(n.startswith(("rnn_word", "cnn_word", "rnn_seqword")) for n in names)
+    sweep = lines[names.index("sweep_rnn_word_a0.9_T2")]
+    assert "--kd word" in sweep and "distill.alpha=0.9" in sweep and "distill.temperature=2" in sweep
+    assert "student_train.max_steps=2000" in sweep and "student_train.seed=1" in sweep
+    cnn = lines[names.index("cnn_seq.seed3")]
+    assert "--model student_cnn" in cnn and "max_steps=3000" in cnn and "student_train.seed=3" in cnn
+    assert "cnn_none.seed2: failed" in first.stdout  # a failed row is said, and the queue goes on
+    # every row: the finished ones are skipped, the failed one is tried again, word-KD rows now run
+    calls.unlink()
+    again = kd_table("rows")
+    assert again.returncode == 0, again.stderr
+    names = [line.split("--name ")[1].split()[0] for line in calls.read_text().splitlines()]
+    assert "rnn_seq.seed1" not in names and "cnn_none.seed2" in names
+    assert set(names) >= {"rnn_word.seed3", "rnn_seqword.seed1", "cnn_word.seed1", "cnn_seqword.seed1"}
+    assert "cnn_word.seed2" not in names and "rnn_seq.seed1: done" in again.stdout
