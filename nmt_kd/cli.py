@@ -361,7 +361,8 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--teacher", help="teacher model or ensemble directory for word-KD "
-                   "(default: RUN/teacher)")
+                   "(default: the config's KD teacher: RUN/teacher, or RUN/teacher_ensemble with "
+                   "pipeline.kd_teacher: ensemble)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("average", help="average a model's last K checkpoints into a new model directory")
@@ -377,7 +378,9 @@ def _add_training_parsers(sub) -> None:
     p = sub.add_parser("distill", help="sequence-level KD: the teacher beam-translates the training source")
     _add_config_args(p, required=True)
     p.add_argument("--run-dir", help="run directory (default: pipeline.run_dir)")
-    p.add_argument("--teacher", help="teacher model or ensemble directory (default: RUN/teacher)")
+    p.add_argument("--teacher", help="teacher model or ensemble directory (default: the config's "
+                   "KD teacher: RUN/teacher, or RUN/teacher_ensemble with pipeline.kd_teacher: "
+                   "ensemble)")
     p.add_argument("--worker-index", type=int, default=None,
                    help="this worker's index (sharded runs; default: from TF_CONFIG, else 0)")
     p.add_argument("--num-workers", type=int, default=None,

@@ -528,5 +528,16 @@ def section_hash(section: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+ENSEMBLE_NAME = "teacher_ensemble"  # RUN/<this>: the ensemble of the pipeline's teachers
+
+
+def kd_teacher_dir(cfg: Config, run: str | Path) -> Path:
+    """The teacher that distillation and word-KD learn from when none is named: RUN/teacher, or
+    RUN/teacher_ensemble with `pipeline.kd_teacher: ensemble`. The pipeline and the step-by-step
+    commands (`nmt-kd distill`, `nmt-kd train --kd word`) share it, so both learn from the same
+    teacher."""
+    return Path(run) / (ENSEMBLE_NAME if cfg.pipeline.kd_teacher == "ensemble" else "teacher")
+
+
 def expand_path(p: str | None) -> Path | None:
     return None if p is None else Path(os.path.expanduser(p))

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from nmt_kd.config import Config, section_hash
+from nmt_kd.config import Config, kd_teacher_dir, section_hash
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import (
     atomic_open,
@@ -137,7 +137,7 @@ def _teacher_translator(cfg: Config, run_dir: Path, teacher_dir, log):
     from nmt_kd.models.persistence import load_model_dir
     from nmt_kd.translate import Translator, open_translator
 
-    teacher_dir = Path(teacher_dir or run_dir / "teacher")
+    teacher_dir = Path(teacher_dir) if teacher_dir else kd_teacher_dir(cfg, run_dir)
     if is_ct2_dir(teacher_dir):  # nmt-kd export --format ctranslate2, given as the teacher
         yield open_translator(teacher_dir, cfg.decode)[0]
     elif cfg.distill.engine == "ctranslate2":

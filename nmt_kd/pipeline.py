@@ -20,7 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nmt_kd.config import Config, config_to_dict, expand_path, save_config
+from nmt_kd.config import (
+    ENSEMBLE_NAME,
+    Config,
+    config_to_dict,
+    expand_path,
+    kd_teacher_dir,
+    save_config,
+)
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import read_json, read_lines, sha256_file, write_json
 from nmt_kd.training.objectives import KD_MODES
@@ -87,7 +94,7 @@ def teacher_names(cfg: Config) -> list[tuple[str, int | None]]:
     return [("teacher", seeds[0])] + [(f"teacher.seed{k}", k) for k in seeds[1:]]
 
 
-ENSEMBLE = "teacher_ensemble"
+ENSEMBLE = ENSEMBLE_NAME
 
 
 def model_names(cfg: Config) -> list[str]:
@@ -103,11 +110,6 @@ def _model_files(model_dir: Path) -> list[Path]:
     if model_dir.name == ENSEMBLE:  # no weights of its own: its members' (see kd_teacher_files)
         return [model_dir / f for f in ("spm.model", "model.json", "ensemble.json")]
     return [model_dir / f for f in ("model.keras", "spm.model", "model.json")]  # model.json last
-
-
-def kd_teacher_dir(cfg: Config, run: Path) -> Path:
-    """The teacher that distill and word-KD read: RUN/teacher, or the ensemble of the teachers."""
-    return run / (ENSEMBLE if cfg.pipeline.kd_teacher == "ensemble" else "teacher")
 
 
 def _weights(cfg: Config, run: Path, name: str) -> list[Path]:

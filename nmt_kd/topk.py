@@ -92,16 +92,11 @@ def compute_topk_store(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint, teacher_id = pairs_fingerprint(pairs), teacher_fingerprint(teacher)
+    want = {"k": k, "temperature": temperature, "fingerprint": fingerprint, "teacher": teacher_id,
+            "shard_size": shard_size}
     index = out_dir / "index.json"
-    if index.is_file():
-        meta = read_json(index)
-        if ((meta["fingerprint"], meta["k"], meta["temperature"], meta.get("teacher"))
-                == (fingerprint, k, temperature, teacher_id)):
-            log(f"top-k: store {out_dir} is complete and current")
-            return TopKStore(out_dir)
-        log(f"top-k: store {out_dir} was built for other data, settings or teacher; rebuilding")
-        shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
+    if _complete_or_resumable(out_dir, want, log):
+        return TopKStore(out_dir)
     if k > teacher.get_config()["vocab_size"]:
         raise UserError(f"distill.top_k={k} exceeds the vocabulary size")
     spec = tf.TensorSpec([None, None], tf.int32)
@@ -134,7 +129,33 @@ def compute_topk_store(
         np.save(tmp / "logp.npy", np.concatenate([e[1] for e in per_example]))
         os.replace(tmp, final)
         log(f"top-k: shard {s + 1}/{n_shards} ({end - start} examples) stored")
-    write_json(index, {"k": k, "temperature": temperature, "fingerprint": fingerprint,
-                       "teacher": teacher_id, "shard_size": shard_size, "count": n,
-                       "shards": n_shards})
-    return TopKStore(out_dir)
+    write_json(index, {**want, "count": n, "shards": n_shards})  # building.json stays: a
+    return TopKStore(out_dir)  # store whose index is lost resumes from its shards
+
+
+def _complete_or_resumable(out_dir: Path, want: dict, log: Callable[[str], None]) -> bool:
+    """True when `out_dir` holds a complete store of `want` (same data, k, T and teacher
+    weights). Otherwise it is left ready for the build: a killed build's shards are kept when
+    its building.json names the same data, settings, teacher and shard size; anything else
+    there (another teacher's shards, shards with no record of their origin) is removed."""
+    same = ("fingerprint", "k", "temperature", "teacher")
+    index, building = out_dir / "index.json", out_dir / "building.json"
+    if index.is_file():
+        if all(read_json(index).get(x) == want[x] for x in same):
+            log(f"top-k: store {out_dir} is complete and current")
+            return True
+        why = "was built for other data, settings or teacher"
+    elif building.is_file():
+        if all(read_json(building).get(x) == want[x] for x in (*same, "shard_size")):
+            return False  # resume: the finished shards are this teacher's
+        why = "was being built for other data, settings or teacher"
+    elif any(out_dir.glob("shard-*")):
+        why = "holds shards with no record of the teacher that made them"
+    else:
+        write_json(building, want)
+        return False
+    log(f"top-k: store {out_dir} {why}; rebuilding")
+    shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    write_json(building, want)
+    return False

@@ -360,3 +360,32 @@ def test_offline_top_k_with_k_equal_v_gives_the_online_losses_step_by_step(teach
     # and word-KD is not plain CE: a kd=none run on the same batches has other losses
     r = train_model(config_from_dict(tree), run, "student_rnn", name="s_none", kd="none", log=quiet)
     assert not np.allclose(r.losses, losses["online"], rtol=1e-2)
+
+
+def test_a_killed_topk_build_resumes_only_for_the_same_teacher(teacher_run, tmp_path):
+    """Shards left by a killed build are kept for the teacher that made them and thrown away
+    for another (a store of one teacher never feeds word-KD from another)."""
+    import numpy as np
+
+    from nmt_kd.dataset import encode_pairs
+    from nmt_kd.models.persistence import load_model_dir
+    from nmt_kd.topk import TopKStore, compute_topk_store
+
+    run, _ = clone(teacher_run, tmp_path)
+    teacher, tok, _ = load_model_dir(run / "teacher")
+    src, tgt = read_lines(run / "data/train.src")[:200], read_lines(run / "data/train.tgt")[:200]
+    pairs = encode_pairs(tok, src, tgt, 32)
+    out = tmp_path / "topk"
+    compute_topk_store(teacher, pairs, out, 4, 1.0, shard_size=128, log=quiet)
+    reference = TopKStore(out).example(3)[1].copy()
+    (out / "index.json").unlink()  # killed before the index: shard 0 done
+    import shutil as _sh
+
+    _sh.rmtree(out / "shard-00001")
+    for w in teacher.trainable_weights[:3]:  # another teacher (other weights)
+        w.assign(w + 0.5)
+    logs = []
+    compute_topk_store(teacher, pairs, out, 4, 1.0, shard_size=128, log=logs.append)
+    assert any("rebuilding" in m for m in logs)
+    assert sum("stored" in m for m in logs) == 2  # both shards made by the new teacher
+    assert not np.allclose(TopKStore(out).example(3)[1], reference)  # shard 0: the new teacher's

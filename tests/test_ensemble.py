@@ -265,3 +265,35 @@ def test_word_kd_with_an_ensemble_teacher_learns_from_the_averaged_distribution(
     if mode == "offline":
         index = json.loads(next((run / "distill").glob("topk_data_k60_T2/index.json")).read_text())
         assert index["teacher"]  # the store is tied to this teacher's weights
+
+
+def test_without_a_named_teacher_distill_and_word_kd_learn_from_the_configs_kd_teacher(members,
+                                                                                        tmp_path):
+    """`pipeline.kd_teacher: ensemble`: the step-by-step commands (no --teacher) use
+    RUN/teacher_ensemble, as the pipeline does, and not RUN/teacher (here a different model)."""
+    from nmt_kd.distill import distill_corpus
+    from nmt_kd.fileio import read_lines
+    from nmt_kd.topk import teacher_fingerprint
+    from nmt_kd.train import train_model
+
+    base, tree = members
+    run = tmp_path / "run"
+    shutil.copytree(base, run, ignore=shutil.ignore_patterns("distill", "ensemble", "twice"))
+    shutil.copytree(run / "member_b", run / "teacher")  # what the old default would have used
+    for side in ("src", "tgt"):  # a few lines are enough
+        lines = read_lines(run / f"data/train.{side}")[:12]
+        (run / f"data/train.{side}").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    ens_dir = create_ensemble_dir([run / "member_a", run / "member_b"], run / "teacher_ensemble")
+    tree = json.loads(json.dumps(tree))
+    tree["pipeline"] = dict(tree.get("pipeline", {}), teacher_seeds=[1, 2], kd_teacher="ensemble")
+    tree["distill"] = {"shard_size": 5, "beam": 2, "teacher_mode": "offline", "top_k": 4}
+    tree["student_train"].update(max_steps=1, eval_every=0)
+    cfg = config_from_dict(tree)
+    distill_corpus(cfg, run, log=quiet)
+    ens, tok, _ = load_model_dir(ens_dir)
+    want = Translator(ens, tok, cfg.decode).translate(read_lines(run / "data/train.src"), beam=2)
+    assert read_lines(run / "distill/train.tgt") == [h for h in want.hypotheses if h.strip()]
+    train_model(cfg, run, "student_rnn", name="kd", kd="word", log=quiet)
+    index = json.loads((run / "distill/topk_data_k4_T1/index.json").read_text())
+    assert index["teacher"] == teacher_fingerprint(ens)
+    assert index["teacher"] != teacher_fingerprint(load_model_dir(run / "teacher")[0])

@@ -1,6 +1,7 @@
 """The objective a run trains with, and the teacher side of word-level KD.
 
-Word-KD modes use the teacher in `teacher_dir` (default RUN/teacher): online, run frozen on
+Word-KD modes use the teacher in `teacher_dir` (default: the config's KD teacher,
+`nmt_kd.config.kd_teacher_dir`: RUN/teacher or RUN/teacher_ensemble): online, run frozen on
 each batch, or, with `distill.teacher_mode: offline`, through a top-k store computed once
 under RUN/distill/topk_<data>_k<k>_T<T>/ (`nmt_kd.topk`).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from nmt_kd.config import Config
+from nmt_kd.config import Config, kd_teacher_dir
 from nmt_kd.errors import UserError
 from nmt_kd.training.objectives import OBJECTIVES, LossFn, ObjectiveParams, objective_for
 
@@ -59,7 +60,7 @@ def build_objective(cfg: Config, tc, kd: str, run_dir: Path, teacher_dir, pairs,
     objective = objective_for(kd, cfg.distill.teacher_mode)
     if objective.teacher is None:
         return objective.build(ObjectiveParams(tc.label_smoothing), None), None
-    teacher_dir = Path(teacher_dir or run_dir / "teacher")
+    teacher_dir = Path(teacher_dir) if teacher_dir else kd_teacher_dir(cfg, run_dir)
     teacher = load_kd_teacher(run_dir, teacher_dir)
     if objective.teacher == "online":
         return objective.build(kd_params(cfg), teacher), None
