@@ -1,5 +1,5 @@
 #!/bin/bash
-# The demo's student settings, measured on VALID at the demo's 600 updates: each variant trains
+# The demo's student settings, measured on VALID (updates per variant: its `steps`): each variant trains
 # in a finished demo run directory (its data, vocab, distilled corpus and teacher are reused) and
 # is scored on the valid split with greedy and beam 4 (length penalty 1.0). One seed.
 #
@@ -54,7 +54,7 @@ for name, (model, kd, extra) in specs.items():
                  "bleu_beam4_valid": b["bleu"], "chrf_greedy_valid": g["chrf"], "chrf_beam4_valid": b["chrf"],
                  "length_ratio_greedy": length_ratio(paths[0]), "length_ratio_beam4": length_ratio(paths[1]),
                  "length_penalty": b.get("length_penalty"), "bleu_signature": g.get("bleu_signature")})
-write_json(out, {"what": "demo students at 600 updates, valid split, one seed each",
+write_json(out, {"what": "demo students, valid split, one seed each; `steps`: the updates each variant got (the run's student_train.max_steps unless its time cap stopped it first)",
                            "command": "scripts/demo_student_sweep.sh RUN_DIR OUT_JSON " + " ".join(
                                repr(" ".join([n, m, k] + ([e] if e else []))) for n, (m, k, e) in specs.items()),
                            "run_dir": "a finished `nmt-kd pipeline --config configs/demo.yaml` run (seed 1)",
