@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nmt_kd.config import ENSEMBLE_NAME as ENSEMBLE  # RUN/teacher_ensemble
 from nmt_kd.config import (
-    ENSEMBLE_NAME,
     Config,
     config_to_dict,
     expand_path,
@@ -92,9 +92,6 @@ def teacher_names(cfg: Config) -> list[tuple[str, int | None]]:
     if not seeds:
         return [("teacher", None)]
     return [("teacher", seeds[0])] + [(f"teacher.seed{k}", k) for k in seeds[1:]]
-
-
-ENSEMBLE = ENSEMBLE_NAME
 
 
 def model_names(cfg: Config) -> list[str]:

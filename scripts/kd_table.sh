@@ -34,20 +34,19 @@ row() {  # name model kd [extra args]: skipped when finished or when another lan
 # Every row a claim rests on has three seeds (RUN/<row>.seed<k>, as the pipeline names them);
 # the CNN word and seq+word rows one. Seed 1 of every row first, so a partial run is a table.
 CNN_STEPS=${CNN_STEPS:-3000}
+rnn_row() {  # kd seed: RUN/rnn_<kd>.seed<seed>
+  row "rnn_${1/+/}.seed$2" student_rnn "$1" --set student_train.seed="$2"
+}
+cnn_row() {  # kd seed: RUN/cnn_<kd>.seed<seed>, CNN_STEPS updates
+  row "cnn_${1/+/}.seed$2" student_cnn "$1" --set student_train.max_steps="$CNN_STEPS" \
+      --set student_train.seed="$2"
+}
 rows() {
   for seed in 1 2 3; do
-    for kd in seq none seq+word word; do
-      row "rnn_${kd/+/}.seed$seed" student_rnn "$kd" --set student_train.seed="$seed"
-    done
-    for kd in seq none; do
-      row "cnn_$kd.seed$seed" student_cnn "$kd" --set student_train.max_steps="$CNN_STEPS" \
-          --set student_train.seed="$seed"
-    done
+    for kd in seq none seq+word word; do rnn_row "$kd" "$seed"; done
+    for kd in seq none; do cnn_row "$kd" "$seed"; done
     if [ "$seed" = 1 ]; then
-      for kd in seq+word word; do
-        row "cnn_${kd/+/}.seed1" student_cnn "$kd" --set student_train.max_steps="$CNN_STEPS" \
-            --set student_train.seed=1
-      done
+      for kd in seq+word word; do cnn_row "$kd" 1; done
     fi
   done
 }
@@ -78,13 +77,9 @@ for d in sorted(Path(sys.argv[1]).glob("sweep_rnn_word_*")):
 PY
 }
 # The rows that do not depend on word-KD's settings first (every seed), the sweep beside them.
-nonword() {
+first() {
   for seed in 1 2 3; do
-    for kd in seq none; do
-      row "rnn_$kd.seed$seed" student_rnn "$kd" --set student_train.seed="$seed"
-      row "cnn_$kd.seed$seed" student_cnn "$kd" --set student_train.max_steps="$CNN_STEPS" \
-          --set student_train.seed="$seed"
-    done
+    for kd in seq none; do rnn_row "$kd" "$seed"; cnn_row "$kd" "$seed"; done
     if [ "$seed" = 1 ]; then word_sweep; fi
   done
 }
@@ -93,7 +88,6 @@ nonword() {
 # and writes the report with per-seed means, spreads and Holm-corrected tests.
 # Both lanes walk the same queue; a row is trained by whichever lane reaches it first.
 # `first`: the rows and the sweep that need no choice; `rows`: all rows (after word_choice).
-first() { nonword; }
 lane_a() { rows; }
 lane_b() { rows; }
 "$@"

@@ -8,10 +8,15 @@ STARTUP = ("oneDNN custom operations", "Could not find cuda drivers", "failed ca
            "absl::InitializeLog")
 
 
-def _nmt_kd(*args: str) -> subprocess.CompletedProcess:
+def _python(*args: str) -> subprocess.CompletedProcess:
+    """Python in a subprocess, without a TF_CPP_MIN_LOG_LEVEL from the test's environment."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-m", "nmt_kd.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
+def _nmt_kd(*args: str) -> subprocess.CompletedProcess:
+    return _python("-m", "nmt_kd.cli", *args)
 
 
 def test_commands_print_only_their_own_lines_and_v_shows_tensorflows(tmp_path):
@@ -38,12 +43,7 @@ print("ok")
 
 
 def test_tensorflows_python_warnings_are_shown_only_with_v():
-    def run(flag):
-        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-        return subprocess.run([sys.executable, "-c", RETRACE, flag], capture_output=True,
-                              text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
-
-    quiet, loud = run("-q"), run("-v")
+    quiet, loud = _python("-c", RETRACE, "-q"), _python("-c", RETRACE, "-v")
     assert quiet.returncode == 0 and quiet.stdout.strip() == "ok"
     assert "retracing" in loud.stderr  # the warning this test is about does appear with -v
     assert "retracing" not in quiet.stderr and "WARNING" not in quiet.stderr
