@@ -85,6 +85,12 @@ def _open(bundle: Path) -> zipfile.ZipFile:
     return z
 
 
+def tokenizer_bytes(bundle: str | Path) -> bytes:
+    """The bundle's spm.model, as bytes (to compare two bundles' tokenizers)."""
+    with _open(Path(bundle)) as z:
+        return z.read("spm.model")
+
+
 def extract_tokenizer(bundle: str | Path, out: str | Path) -> Path:
     """Write the bundle's spm.model to OUT (atomically)."""
     with _open(Path(bundle)) as z, atomic_open(out, "wb") as f:

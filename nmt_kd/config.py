@@ -223,9 +223,11 @@ class TrainConfig:
     strategy: str = "default"  # default | mirrored | multi_worker | tpu (nmt_kd.distributed)
     # pipeline teacher stage only: start from this model bundle (`nmt-kd export --format
     # bundle`) instead of training; its sha256 must equal init_sha256. The run then uses the
-    # bundle's SentencePiece model instead of training one.
-    init: str | None = None
-    init_sha256: str | None = None
+    # bundle's SentencePiece model instead of training one. With pipeline.teacher_seeds, a
+    # list: one bundle per teacher (in teacher_seeds order, all with one SentencePiece
+    # model), and init_sha256 the list of their hashes.
+    init: str | tuple[str, ...] | None = None
+    init_sha256: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _one_of("train.precision", self.precision, ("fp32", "bf16", "fp16"))
@@ -236,6 +238,22 @@ class TrainConfig:
             raise ConfigError(
                 f"train.max_tokens ({self.max_tokens}) must be at least train.max_len ({self.max_len})"
             )
+        if isinstance(self.init, str) and isinstance(self.init_sha256, tuple):
+            raise ConfigError(f"train.init names one bundle: train.init_sha256 must be one hash, "
+                              f"got a list {list(self.init_sha256)}")
+        if isinstance(self.init, tuple) and self.init_sha256 is not None and (
+                not isinstance(self.init_sha256, tuple) or len(self.init_sha256) != len(self.init)):
+            raise ConfigError(f"train.init names {len(self.init)} bundles: train.init_sha256 must be "
+                              f"a list of as many hashes, got {self.init_sha256!r}")
+
+    def init_bundles(self) -> list[tuple[str, str | None]]:
+        """(bundle path, expected sha256) for each teacher `init` names; [] without init."""
+        if not self.init:
+            return []
+        if isinstance(self.init, str):
+            return [(self.init, self.init_sha256)]
+        shas = self.init_sha256 or (None,) * len(self.init)
+        return list(zip(self.init, shas, strict=True))
 
 
 @dataclass(frozen=True)
@@ -385,7 +403,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        # `str | tuple[str, ...]`: a YAML list takes the tuple member, anything else the first
+        listy = isinstance(value, (list, tuple))
+        chosen = next((a for a in inner if (typing.get_origin(a) is tuple) == listy), inner[0])
+        return _coerce(value, chosen, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")

@@ -122,10 +122,12 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
     if cfg.student_train.init:
         raise UserError("student_train.init: only the teacher stage starts from a bundle (train.init)")
     if cfg.train.init:
-        if cfg.pipeline.teacher_seeds:
-            raise UserError("train.init starts from one teacher; it cannot be combined with "
-                            "pipeline.teacher_seeds")
-        _start_from_bundle(cfg, run, stages, log)
+        n = len(teacher_names(cfg))
+        if len(cfg.train.init_bundles()) != n:
+            raise UserError(f"train.init names {len(cfg.train.init_bundles())} bundle(s), but the "
+                            f"pipeline has {n} teacher(s) (pipeline.teacher_seeds "
+                            f"{list(cfg.pipeline.teacher_seeds)}): name one bundle per teacher")
+        _start_from_bundles(cfg, run, stages, log)
     if any(KD_MODES[s.kd].distilled for s in cfg.pipeline.students):
         stages.append(_distill_stage(cfg, c, run, log))
     stages += _student_stages(cfg, c, run, log) + _evaluation_stages(cfg, c, run, log)
@@ -253,35 +255,46 @@ def _evaluation_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
     return stages
 
 
-def _start_from_bundle(cfg: Config, run: Path, stages: list[Stage], log: Callable[[str], None]) -> None:
-    """`train.init`: the vocab stage takes the bundle's SentencePiece model and the teacher
-    stage unpacks the bundle (its hash checked) instead of training."""
+def _start_from_bundles(cfg: Config, run: Path, stages: list[Stage], log: Callable[[str], None]) -> None:
+    """`train.init`: the vocab stage takes the bundles' SentencePiece model (all must share
+    one) and each teacher stage unpacks its bundle (its hash checked) instead of training."""
     from nmt_kd import bundle as bundles
     from nmt_kd.train import data_sha256
 
-    path = Path(expand_path(cfg.train.init))
+    inits = [(Path(expand_path(p)), sha) for p, sha in cfg.train.init_bundles()]
     depends = {"init": cfg.train.init, "init_sha256": cfg.train.init_sha256}
 
     def vocab() -> None:
-        bundles.check_hash(path, cfg.train.init_sha256)
-        bundles.extract_tokenizer(path, run / "vocab" / "spm.model")
-        log(f"vocab: the SentencePiece model of the teacher bundle {path}")
+        for path, sha in inits:
+            bundles.check_hash(path, sha)
+        first = inits[0][0]
+        for path, _sha in inits[1:]:
+            if bundles.tokenizer_bytes(path) != bundles.tokenizer_bytes(first):
+                raise UserError(f"{path}: its SentencePiece model differs from that of {first}; the "
+                                "teachers of one run (train.init) must share one tokenizer")
+        bundles.extract_tokenizer(first, run / "vocab" / "spm.model")
+        log(f"vocab: the SentencePiece model of the teacher bundle {first}")
 
-    def teacher() -> None:
-        bundles.unpack(path, run / "teacher", cfg.train.init_sha256)
+    def teacher(path: Path, sha: str | None, name: str) -> None:
+        bundles.unpack(path, run / name, sha)
         meta = bundles.bundle_meta(path)
         if meta.get("heldout_sha256") and meta["heldout_sha256"] == data_sha256(run, ("valid", "test")):
-            log(f"teacher: {path} was trained with this run's valid and test splits held out")
+            log(f"{name}: {path} was trained with this run's valid and test splits held out")
         elif meta.get("train_data_sha256") != data_sha256(run, ("train",)):
-            log(f"teacher: WARNING {path} was trained on other data than this run's data/train.* "
+            log(f"{name}: WARNING {path} was trained on other data than this run's data/train.* "
                 "and not with this run's valid and test splits held out; if its training data "
                 "overlaps them, its scores there are not held-out scores")
-        log(f"teacher: taken from {path} (sha256 checked); not trained in this run")
+        log(f"{name}: taken from {path} (sha256 checked); not trained in this run")
 
-    stages[1] = dataclasses.replace(stages[1], config={**stages[1].config, **depends}, inputs=[path],
-                                    run=vocab)
-    stages[2] = dataclasses.replace(stages[2], config={"init": depends, "decode": stages[2].config["decode"]},
-                                    inputs=[path], run=teacher, resumable=False)
+    stages[1] = dataclasses.replace(stages[1], config={**stages[1].config, **depends},
+                                    inputs=[p for p, _ in inits], run=vocab)
+    for i, ((path, sha), (name, _seed)) in enumerate(zip(inits, teacher_names(cfg), strict=True)):
+        one = {"init": str(cfg.train.init_bundles()[i][0]), "init_sha256": sha}
+        stages[2 + i] = dataclasses.replace(
+            stages[2 + i], config={"init": one if len(inits) > 1 else depends,
+                                   "decode": stages[2 + i].config["decode"]},
+            inputs=[path], run=lambda path=path, sha=sha, name=name: teacher(path, sha, name),
+            resumable=False)
 
 
 def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) -> list[dict]:

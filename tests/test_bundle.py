@@ -89,3 +89,47 @@ def test_pipeline_starts_from_a_bundle_instead_of_training(teacher_bundle, tiny_
     tree["train"]["init_sha256"] = "0" * 64
     with pytest.raises(UserError, match="sha256 is"):
         run_pipeline(config_from_dict(tree), run, until="teacher", log=lambda _m: None)
+
+
+def test_pipeline_starts_two_teachers_and_their_ensemble_from_two_bundles(teacher_bundle, tiny_run, tmp_path):
+    """train.init as a list: one bundle per pipeline.teacher_seeds entry, each unpacked into its
+    own teacher directory; a count that does not match and bundles with different tokenizers
+    are refused, naming the problem."""
+    import shutil
+    import zipfile
+
+    from nmt_kd.pipeline import run_pipeline
+
+    _run, _tree, model_dir, path, digest = teacher_bundle
+    second = tmp_path / "second.nmtkd"
+    shutil.copy(path, second)  # the same weights under another name: enough to check the wiring
+    run, tree = clone_run(tiny_run, tmp_path)
+    tree = copy.deepcopy(tree)
+    tree.setdefault("pipeline", {}).update(teacher_seeds=[1, 2], kd_teacher="ensemble")
+    tree["train"].update(init=[str(path), str(second)], init_sha256=[digest, sha256_file(second)])
+    logs = []
+    ran = run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append)
+    assert ran == ["prepare", "vocab", "teacher", "teacher.seed2", "teacher_ensemble"]
+    assert read_json(run / "teacher/model.json")["init_from"] == str(path)
+    assert read_json(run / "teacher.seed2/model.json")["init_from"] == str(second)
+    assert (run / "vocab/spm.model").read_bytes() == (model_dir / "spm.model").read_bytes()
+    assert not (run / "teacher.seed2/checkpoints").exists()
+    assert any(m.startswith("teacher.seed2: taken from") for m in logs)
+
+    one = copy.deepcopy(tree)
+    one["train"].update(init=str(path), init_sha256=digest)
+    with pytest.raises(UserError, match=r"names 1 bundle\(s\), but the pipeline has 2 teacher"):
+        run_pipeline(config_from_dict(one), tmp_path / "r1", log=lambda _m: None)
+    from nmt_kd.errors import ConfigError
+    with pytest.raises(ConfigError, match="must be a list of as many hashes"):
+        config_from_dict({**tree, "train": {**tree["train"], "init_sha256": [digest]}})
+
+    other = tmp_path / "other_tokenizer.nmtkd"  # same model, another SentencePiece model
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(other, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data + b"\n" if item.filename == "spm.model" else data)
+    tree["train"].update(init=[str(path), str(other)], init_sha256=[digest, sha256_file(other)])
+    run2, _ = clone_run(tiny_run, tmp_path / "r2")
+    with pytest.raises(UserError, match="other_tokenizer.nmtkd: its SentencePiece model differs from that of"):
+        run_pipeline(config_from_dict(tree), run2, until="teacher", log=lambda _m: None)
