@@ -399,6 +399,43 @@ def model_qe(model_dir: Path, srcs: Sequence[str], hyps: Sequence[str],
     return qe_scores(model, tokenizer, srcs, hyps)
 
 
+def _lines_digest(lines: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def cached_model_qe(model_dir: Path, srcs: Sequence[str], hyps: Sequence[str], cache: Path,
+                    log: Callable[[str], None] = print) -> list[float] | None:
+    """`model_qe`, remembered in CACHE (JSON beside the hypothesis file) for these sources and
+    outputs: a report rebuilt after the model directory is gone (an archived run, a model
+    evaluated on another machine) keeps its quality estimate. A cache whose sources or outputs
+    differ from these is ignored (and rewritten when the model is there)."""
+    from nmt_kd.fileio import read_json
+
+    key = {"src_sha256": _lines_digest(srcs), "hyp_sha256": _lines_digest(hyps)}
+    cached = None
+    if cache.is_file():
+        try:
+            cached = read_json(cache)
+        except (OSError, ValueError):
+            cached = None
+    fresh = (isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items())
+             and isinstance(cached.get("scores"), list) and len(cached["scores"]) == len(hyps))
+    from nmt_kd.models.ensemble import is_ensemble_dir
+
+    has_model = (Path(model_dir) / "model.keras").is_file() or is_ensemble_dir(model_dir)
+    if fresh and not has_model:
+        log(f"analysis: quality estimate of {Path(model_dir).name} from {cache} (model not present)")
+        return [float(x) for x in cached["scores"]]
+    if fresh and cached.get("model") == str(model_dir):
+        return [float(x) for x in cached["scores"]]
+    scores = model_qe(model_dir, srcs, hyps, log)
+    if scores is not None:
+        write_json(cache, {**key, "model": str(model_dir), "scores": scores})
+    return scores
+
+
 # --- assembly ------------------------------------------------------------------------------
 
 def word_diff(teacher: str, student: str) -> list[list[str]]:
@@ -738,7 +775,9 @@ def analyze_run(run: str | Path, rows: list[dict], n_boot: int = 1000,
     scores = {}
     if qe:
         for name, o in outputs.items():
-            scores[name] = model_qe(_model_dir(run, name, o["model"]), srcs, systems[name], log)
+            hyp = Path(o["file"])  # RUN/eval/<model>/qe.beam1.bs64.json (not a metrics file name)
+            cache = hyp.parent / f"qe.{hyp.name.removesuffix('.hyp.txt')}.json"
+            scores[name] = cached_model_qe(_model_dir(run, name, o["model"]), srcs, systems[name], cache, log)
     stats = load_training_stats(run)
     _, tgt_lang = run_languages(run)
     result = analyze_systems(srcs, refs, systems, _teacher_name(list(systems)), stats, tgt_lang,

@@ -325,3 +325,27 @@ def test_qe_of_an_ensemble_is_its_own_log_probability(tiny_run, model_dirs, tmp_
     singles = [analysis.model_qe(model_dirs[n], srcs, hyps, log=lambda _m: None)
                for n in ("teacher", "student_rnn")]
     assert got != singles[0] and got != singles[1]
+
+
+def test_quality_estimate_is_kept_for_a_report_rebuilt_without_the_model(tiny_run, model_dirs, tmp_path):
+    """The QE of each output is cached beside it: once the model directories are gone (an
+    archived run), a rebuilt analysis takes the cached scores of the same sources and outputs;
+    a changed output gets none (not the stale ones); the cache is not read as an evaluation row."""
+    from nmt_kd.report import load_rows
+
+    run = report_run(tiny_run, model_dirs, tmp_path)
+    rows = load_rows(run)
+    _, _, first = analysis.analyze_run(run, rows, 50, log=lambda _m: None)
+    assert sorted(p.name for p in run.glob("eval/rnn_seq/qe.*")) == ["qe.beam1.bs8.json"]
+    assert len(load_rows(run)) == len(rows)
+    for name in ("teacher", "rnn_seq", "rnn_none"):
+        shutil.rmtree(run / name)
+    logs = []
+    _, _, second = analysis.analyze_run(run, load_rows(run), 50, log=logs.append)
+    assert second["sentence_qe"] == first["sentence_qe"] and len(first["sentence_qe"]) == 3
+    assert sum("model not present" in m for m in logs) == 3
+    hyp = run / "eval/rnn_seq/beam1.bs8.hyp.txt"
+    lines = read_lines(hyp)
+    write_lines(hyp, lines[:-1] + ["ein ganz anderer Satz"])
+    _, _, third = analysis.analyze_run(run, load_rows(run), 50, log=lambda _m: None)
+    assert "rnn_seq" not in third["sentence_qe"] and third["sentence_qe"]["rnn_none"] == first["sentence_qe"]["rnn_none"]
