@@ -117,3 +117,41 @@ def test_kd_table_script_trains_each_row_once_with_its_settings(tmp_path):
     assert "rnn_seq.seed1" not in names and "cnn_none.seed2" in names
     assert set(names) >= {"rnn_word.seed3", "rnn_seqword.seed1", "cnn_word.seed1", "cnn_seqword.seed1"}
     assert "cnn_word.seed2" not in names and "rnn_seq.seed1: done" in again.stdout
+
+
+def test_run_archive_keeps_evaluations_without_weights_and_restores_them(tmp_path):
+    """scripts/run_archive.py: `save` copies each evaluated model's evaluation files and
+    metadata (not its weights, not an unevaluated model); `restore` puts back exactly those
+    bytes, refuses an archive file changed since, and never overwrites a different run file."""
+    run, archive, fresh = tmp_path / "run", tmp_path / "archive", tmp_path / "fresh"
+    files = {"eval/rnn_seq.seed1/done.json": "{}", "eval/rnn_seq.seed1/beam1.bs64.json": '{"bleu": 30.1}',
+             "eval/rnn_seq.seed1/beam1.bs64.hyp.txt": "ein Hund\nzwei Katzen\n",
+             "eval/rnn_seq.seed1/qe.beam1.bs64.json": '{"scores": [-1.0, -2.0]}',
+             "eval/rnn_seq.seed1/blind/test_2017_flickr.beam5.txt": "ein Mann\n",
+             "rnn_seq.seed1/model.json": '{"seed": 1}', "rnn_seq.seed1/train_history.json": '{"train": []}',
+             "rnn_seq.seed1/model.keras": "weights", "eval/rnn_none.seed1/beam1.bs64.json": "{}",
+             "rnn_none.seed1/model.json": "{}"}
+    for rel, text in files.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(text, encoding="utf-8")
+    script = REPO / "scripts/run_archive.py"
+    proc = _run(script, "save", "--run-dir", run, "--archive", archive)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in archive.iterdir()) == ["rnn_seq.seed1"]  # rnn_none: not evaluated
+    assert not list(archive.rglob("model.keras"))
+    proc = _run(script, "restore", "--run-dir", fresh, "--archive", archive)
+    assert proc.returncode == 0, proc.stderr
+    restored = {str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file()}
+    expected = {r for r in files if r.startswith(("eval/rnn_seq", "rnn_seq")) and not r.endswith(".keras")}
+    assert restored == expected
+    assert all((fresh / r).read_text() == files[r] for r in expected)
+    # restoring again is a no-op; a different file already in the run is not overwritten
+    assert _run(script, "restore", "--run-dir", fresh, "--archive", archive).returncode == 0
+    (fresh / "eval/rnn_seq.seed1/beam1.bs64.hyp.txt").write_text("anders\n", encoding="utf-8")
+    proc = _run(script, "restore", "--run-dir", fresh, "--archive", archive)
+    assert proc.returncode != 0 and "beam1.bs64.hyp.txt: already in the run and different" in proc.stderr
+    # an archived file changed after saving is refused
+    (archive / "rnn_seq.seed1/eval/beam1.bs64.json").write_text('{"bleu": 99.0}', encoding="utf-8")
+    proc = _run(script, "restore", "--run-dir", tmp_path / "other", "--archive", archive)
+    assert proc.returncode != 0 and "missing or changed since it was archived" in proc.stderr
+    assert not (tmp_path / "other").exists()

@@ -1,0 +1,93 @@
+"""Keep what a run's evaluated models leave behind, without their weights, and put it back.
+
+    python scripts/run_archive.py save    --run-dir RUN --archive docs/archive/multi30k_en_de [NAME ...]
+    python scripts/run_archive.py restore --run-dir RUN --archive docs/archive/multi30k_en_de
+    nmt-kd report --run-dir RUN        # the report again, from the evaluation files alone
+
+A long experiment (the KD table: dozens of students, many hours of CPU) outlives the machine
+it ran on. For each evaluated model (RUN/eval/<name>/done.json) `save` copies its evaluation
+files (metrics JSON, hypotheses, blind-set translations, cached quality estimates) and its
+model.json / train_history.json / ensemble.json into ARCHIVE/<name>/, with a manifest of
+sha256 hashes; the weights stay behind. `restore` checks each manifest and copies the files
+into a run directory (prepared the same way: `nmt-kd pipeline --until vocab`), so `nmt-kd
+report` rebuilds the report with every archived model beside the ones trained since. A file
+already in the run that differs from the archived one is an error, never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from nmt_kd.fileio import read_json, sha256_file, write_json
+
+MODEL_FILES = ("model.json", "train_history.json", "ensemble.json")
+
+
+def evaluated(run: Path) -> list[str]:
+    return sorted(p.parent.name for p in run.glob("eval/*/done.json"))
+
+
+def save(run: Path, archive: Path, names: list[str]) -> list[str]:
+    names = names or evaluated(run)
+    if not names:
+        raise SystemExit(f"{run / 'eval'}: no evaluated model (no eval/<name>/done.json)")
+    for name in names:
+        if not (run / "eval" / name / "done.json").is_file():
+            raise SystemExit(f"{run / 'eval' / name}: not evaluated (no done.json); nothing saved")
+        files = {f"eval/{p.relative_to(run / 'eval' / name)}": p
+                 for p in sorted((run / "eval" / name).rglob("*")) if p.is_file()}
+        files.update({f"model/{f}": run / name / f for f in MODEL_FILES if (run / name / f).is_file()})
+        dst = archive / name
+        tmp = archive / f".{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel, src in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
+        write_json(tmp / "manifest.json", {"name": name, "files": {r: sha256_file(tmp / r) for r in files}})
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)  # a model's archive is complete or absent
+        print(f"{name}: {len(files)} files -> {dst}")
+    return names
+
+
+def restore(run: Path, archive: Path) -> list[str]:
+    plans = []
+    for manifest in sorted(archive.glob("*/manifest.json")):
+        name = manifest.parent.name
+        for rel, digest in read_json(manifest)["files"].items():
+            src = manifest.parent / rel
+            if not src.is_file() or sha256_file(src) != digest:
+                raise SystemExit(f"{src}: missing or changed since it was archived (manifest {manifest})")
+            kind, sub = rel.split("/", 1)
+            dst = run / "eval" / name / sub if kind == "eval" else run / name / sub
+            if dst.is_file() and sha256_file(dst) != digest:
+                raise SystemExit(f"{dst}: already in the run and different from {src}; not overwritten")
+            plans.append((src, dst))
+    for src, dst in plans:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    names = sorted({p.parent.name for p in archive.glob("*/manifest.json")})
+    print(f"{len(names)} models, {len(plans)} files -> {run}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=("save", "restore"))
+    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--archive", required=True, type=Path)
+    ap.add_argument("names", nargs="*", help="models to save (default: every evaluated one)")
+    args = ap.parse_args(argv)
+    if args.action == "save":
+        save(args.run_dir, args.archive, args.names)
+    else:
+        if args.names:
+            ap.error("restore takes no model names")
+        restore(args.run_dir, args.archive)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
