@@ -67,7 +67,8 @@ def cmd_pipeline(args) -> int:
     run = _run_dir(args, cfg)
     t0 = time.time()
     lanes = _start_lanes(args, run) if args.lanes > 1 else []
-    run_pipeline(cfg, run, until=args.until, force=tuple(args.force), adopt=args.adopt)
+    only = tuple(n for group in args.only for n in group.split(",") if n)
+    run_pipeline(cfg, run, until=args.until, force=tuple(args.force), adopt=args.adopt, only=only)
     for k, (proc, log_path) in enumerate(lanes, start=2):
         if proc.wait() != 0:
             raise UserError(f"pipeline lane {k} failed (exit {proc.returncode}); see {log_path}")
@@ -435,6 +436,9 @@ def _add_pipeline_parser(sub) -> None:
                    help="run the stages in N processes at once (stage locks keep them apart; "
                    "each gets cores/N intra-op threads): students and evaluations run side by side; "
                    "default: pipeline.lanes of the config")
+    p.add_argument("--only", metavar="MODEL[,MODEL]", action="append", default=[],
+                   help="train and evaluate only these models (e.g. rnn_seq.seed2,teacher); what "
+                   "they need still runs, the report does not (nmt-kd report builds it later)")
     p.add_argument("--lane", action="store_true", help=argparse.SUPPRESS)  # a secondary lane
     p.set_defaults(func=cmd_pipeline)
 

@@ -351,7 +351,7 @@ def translate_blind(cfg: Config, out: Path, translator, beam: int,
 
 def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
                  force: tuple[str, ...] = (), log: Callable[[str], None] = print,
-                 adopt: bool = False, poll_s: float = 2.0) -> list[str]:
+                 adopt: bool = False, poll_s: float = 2.0, only: tuple[str, ...] = ()) -> list[str]:
     """Run every stage that is not done; returns the names of the stages that ran.
 
     With `adopt`, a stage that never ran in the pipeline (no done.json, no started.json)
@@ -363,6 +363,11 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
     stage is claimed with a lock file (RUN/.locks/), a lane skips a stage another lane
     holds and goes on with any later stage whose producing stages it has passed, and it
     waits (`poll_s`) only when every stage left is held or waits on a held one.
+
+    With `only` (model names, as `model_names` gives them), the student and evaluation stages
+    of the other models and the report are left out; what those models need (data, teachers,
+    the distilled corpus) still runs. Several machines can so train one experiment's models
+    side by side; `nmt-kd report` then builds the report once every model is evaluated.
     """
     run = Path(run_dir)
     for name in (until, *force):
@@ -371,6 +376,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
     save_config(cfg, run / "config.yaml")
     stages = [s for s in build_stages(cfg, run, log)
               if not until or STAGES.index(s.group) <= STAGES.index(until)]
+    if only:
+        stages = _only(cfg, stages, only, log)
     ran, pending = [], list(stages)
     while pending:
         for stage in [s for s in pending if not _producers(s, pending)]:
@@ -384,6 +391,31 @@ def run_pipeline(cfg: Config, run_dir: str | Path, until: str | None = None,
         else:
             time.sleep(poll_s)  # every ready stage is held by another lane
     return ran
+
+
+def _only(cfg: Config, stages: list[Stage], only: tuple[str, ...], log: Callable[[str], None]) -> list[Stage]:
+    known = model_names(cfg)
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        raise UserError(f"--only {', '.join(unknown)}: not a model of this pipeline; its models are "
+                        f"{', '.join(known)}")
+
+    def wanted(stage: Stage) -> bool:
+        if stage.group == "students":
+            return stage.name.removeprefix("student ") in only
+        if stage.group == "evaluate":
+            return stage.name.removeprefix("evaluate ") in only
+        return stage.group != "report"
+
+    kept = [s for s in stages if wanted(s)]
+    # the distilled corpus only when a kept stage reads it
+    kept = [s for s in kept if s.group != "distill"
+            or any(p.is_relative_to(s.out_dir) for k in kept for p in k.inputs)]
+    left_out = [s.name for s in stages if s not in kept]
+    if left_out:
+        log(f"pipeline: --only {', '.join(only)}: {len(left_out)} stages left out (the report "
+            "among them: `nmt-kd report` builds it once every model is evaluated)")
+    return kept
 
 
 def _producers(stage: Stage, pending: list[Stage]) -> list[Stage]:

@@ -243,3 +243,23 @@ def test_two_lanes_run_every_stage_once_and_side_by_side(pipeline_tree, tmp_path
     rows = {r["name"]: r for r in json.loads((run / "report/metrics.json").read_text())["rows"]}
     assert rows["rnn_seq"]["seeds"] == [1, 2] and rows["rnn_none"]["seeds"] == [1, 2]
     assert "report:" in proc.stdout  # lane 1 ends with the summary
+
+
+def test_only_runs_the_named_models_and_what_they_need(pipeline_tree, tmp_path, monkeypatch):
+    """--only: the other models' student and evaluation stages and the report are left out;
+    the data, the teacher and (for a seq-KD student only) the distilled corpus still run."""
+    import nmt_kd.pipeline as pipeline
+
+    order = []
+    monkeypatch.setattr(pipeline, "_run_stage", lambda stage, *a, **k: order.append(stage.name) or True)
+    cfg = config_from_dict(pipeline_tree)
+    assert run_pipeline(cfg, tmp_path / "a", only=("cnn_none",), log=quiet) == [
+        "prepare", "vocab", "teacher", "student cnn_none", "evaluate cnn_none"]
+    logs = []
+    ran = run_pipeline(cfg, tmp_path / "b", only=("rnn_seq", "teacher"), log=logs.append)
+    assert ran == ["prepare", "vocab", "teacher", "distill", "student rnn_seq", "evaluate teacher",
+                   "evaluate rnn_seq"]
+    assert any("3 stages left out" in m for m in logs)
+    with pytest.raises(UserError, match="--only rnn_none: not a model of this pipeline; its models are "
+                                        "teacher, rnn_seq, cnn_none"):
+        run_pipeline(cfg, tmp_path / "c", only=("rnn_none",), log=quiet)
