@@ -412,6 +412,7 @@ def cached_model_qe(model_dir: Path, srcs: Sequence[str], hyps: Sequence[str], c
     evaluated on another machine) keeps its quality estimate. A cache whose sources or outputs
     differ from these is ignored (and rewritten when the model is there)."""
     from nmt_kd.fileio import read_json
+    from nmt_kd.models.ensemble import is_ensemble_dir
 
     key = {"src_sha256": _lines_digest(srcs), "hyp_sha256": _lines_digest(hyps)}
     cached = None
@@ -422,8 +423,6 @@ def cached_model_qe(model_dir: Path, srcs: Sequence[str], hyps: Sequence[str], c
             cached = None
     fresh = (isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items())
              and isinstance(cached.get("scores"), list) and len(cached["scores"]) == len(hyps))
-    from nmt_kd.models.ensemble import is_ensemble_dir
-
     has_model = (Path(model_dir) / "model.keras").is_file() or is_ensemble_dir(model_dir)
     if fresh and not has_model:
         log(f"analysis: quality estimate of {Path(model_dir).name} from {cache} (model not present)")

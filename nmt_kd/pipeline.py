@@ -122,9 +122,9 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
     if cfg.student_train.init:
         raise UserError("student_train.init: only the teacher stage starts from a bundle (train.init)")
     if cfg.train.init:
-        n = len(teacher_names(cfg))
-        if len(cfg.train.init_bundles()) != n:
-            raise UserError(f"train.init names {len(cfg.train.init_bundles())} bundle(s), but the "
+        n, named = len(teacher_names(cfg)), len(cfg.train.init_bundles())
+        if named != n:
+            raise UserError(f"train.init names {named} bundle(s), but the "
                             f"pipeline has {n} teacher(s) (pipeline.teacher_seeds "
                             f"{list(cfg.pipeline.teacher_seeds)}): name one bundle per teacher")
         _start_from_bundles(cfg, run, stages, log)
@@ -261,7 +261,8 @@ def _start_from_bundles(cfg: Config, run: Path, stages: list[Stage], log: Callab
     from nmt_kd import bundle as bundles
     from nmt_kd.train import data_sha256
 
-    inits = [(Path(expand_path(p)), sha) for p, sha in cfg.train.init_bundles()]
+    named = cfg.train.init_bundles()
+    inits = [(Path(expand_path(p)), sha) for p, sha in named]
     depends = {"init": cfg.train.init, "init_sha256": cfg.train.init_sha256}
 
     def vocab() -> None:
@@ -289,7 +290,7 @@ def _start_from_bundles(cfg: Config, run: Path, stages: list[Stage], log: Callab
     stages[1] = dataclasses.replace(stages[1], config={**stages[1].config, **depends},
                                     inputs=[p for p, _ in inits], run=vocab)
     for i, ((path, sha), (name, _seed)) in enumerate(zip(inits, teacher_names(cfg), strict=True)):
-        one = {"init": str(cfg.train.init_bundles()[i][0]), "init_sha256": sha}
+        one = {"init": named[i][0], "init_sha256": sha}
         stages[2 + i] = dataclasses.replace(
             stages[2 + i], config={"init": one if len(inits) > 1 else depends,
                                    "decode": stages[2 + i].config["decode"]},
@@ -409,8 +410,7 @@ def _only(cfg: Config, stages: list[Stage], only: tuple[str, ...], log: Callable
 
     kept = [s for s in stages if wanted(s)]
     # the distilled corpus only when a kept stage reads it
-    kept = [s for s in kept if s.group != "distill"
-            or any(p.is_relative_to(s.out_dir) for k in kept for p in k.inputs)]
+    kept = [s for s in kept if s.group != "distill" or any(s in _producers(k, kept) for k in kept)]
     left_out = [s.name for s in stages if s not in kept]
     if left_out:
         log(f"pipeline: --only {', '.join(only)}: {len(left_out)} stages left out (the report "
