@@ -47,6 +47,9 @@ class Stage:
     # files that exist only once the stage has finished (written last, atomically); lets
     # `--adopt` take over output made by the step-by-step commands
     products: list[Path] = field(default_factory=list)
+    # the config this stage was hashed with by an earlier version of nmt-kd, where it differs:
+    # a run directory made then is still taken as done (or resumed), not started over
+    legacy_config: dict | None = None
 
 
 def _hash_inputs(paths: list[Path], run: Path | None = None) -> dict[str, str]:
@@ -64,9 +67,15 @@ def _hash_inputs(paths: list[Path], run: Path | None = None) -> dict[str, str]:
 
 
 def stage_hash(stage: Stage, run: Path | None = None) -> str:
-    blob = json.dumps({"config": stage.config, "inputs": _hash_inputs(stage.inputs, run)},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return stage_hashes(stage, run)[0]
+
+
+def stage_hashes(stage: Stage, run: Path | None = None) -> list[str]:
+    """The stage's hash, then its hash as an earlier version computed it (if it differs)."""
+    inputs = _hash_inputs(stage.inputs, run)
+    configs = [stage.config] + ([stage.legacy_config] if stage.legacy_config is not None else [])
+    return [hashlib.sha256(json.dumps({"config": c, "inputs": inputs}, sort_keys=True).encode())
+            .hexdigest()[:20] for c in configs]
 
 
 def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
@@ -181,9 +190,23 @@ def _teacher_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
     return stages
 
 
-def _distill_section(c: dict) -> dict:
-    """The distill section as stage hashes see it: without `engine` (which search translates
-    the corpus; the distill stage adds it when it is not the default)."""
+# The distill keys by what they change: the distilled corpus (so the distill stage and the
+# students trained on that corpus) or word-level KD's loss (the students learning from the
+# teacher's distributions). Choosing alpha or T on valid then leaves the corpus and the
+# seq-KD students done. `engine` is neither: the distill stage adds it when not the default.
+CORPUS_KEYS = ("beam", "nbest", "seq_inter", "seq_inter_metric", "keep_original", "drop_worst",
+               "shard_size", "batch_size")
+WORD_KEYS = ("alpha", "temperature", "top_k", "teacher_mode")
+
+
+def _distill_section(c: dict, corpus: bool = True, word: bool = True) -> dict:
+    """The distill keys a stage depends on: those of the corpus and/or of word-level KD."""
+    keys = (CORPUS_KEYS if corpus else ()) + (WORD_KEYS if word else ())
+    return {k: c["distill"][k] for k in keys}
+
+
+def _legacy_distill_section(c: dict) -> dict:
+    """How the distill section was hashed up to commit ff18ed1: every key but `engine`."""
     return {k: v for k, v in c["distill"].items() if k != "engine"}
 
 
@@ -193,14 +216,14 @@ def _distill_stage(cfg: Config, c: dict, run: Path, log) -> Stage:
     decode = {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size")}
     teacher = kd_teacher_dir(cfg, run)
     engine = cfg.distill.engine  # in the hash only when not the default (older runs keep theirs)
+    rest = {"decode": decode, **({"teacher": teacher.name} if teacher.name != "teacher" else {}),
+            **({"engine": engine} if engine != "tensorflow" else {})}
     return Stage(
-        "distill", "distill", run / "distill",
-        {"distill": _distill_section(c), "decode": decode,
-         **({"teacher": teacher.name} if teacher.name != "teacher" else {}),
-         **({"engine": engine} if engine != "tensorflow" else {})},
+        "distill", "distill", run / "distill", {"distill": _distill_section(c, word=False), **rest},
         _data_files(run, ("train",)) + _weights(cfg, run, teacher.name),
         run=lambda: distill_corpus(cfg, run, teacher_dir=teacher, log=log), resumable=True,
-        products=[run / "distill" / "manifest.json"])
+        products=[run / "distill" / "manifest.json"],
+        legacy_config={"distill": _legacy_distill_section(c), **rest})
 
 
 def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
@@ -219,18 +242,20 @@ def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
             scfg = _student_config(cfg, spec, seed)
             depends = {"spec": config_to_dict(spec), "model": config_to_dict(cfg.model.section(spec.arch)),
                        "max_positions": c["model"]["max_positions"], "train": c["student_train"],
-                       "distill": _distill_section(c) if spec.kd != "none" else None,
+                       "distill": _distill_section(c, corpus=KD_MODES[spec.kd].distilled, word=word)
+                       if spec.kd != "none" else None,
                        "decode": _train_decode(c)}
             if seed is not None:  # (absent without seeds: older run directories keep their hash)
                 depends["seed"] = seed
             if word and teacher.name != "teacher":
                 depends["teacher"] = teacher.name
+            legacy = None if spec.kd == "none" else {**depends, "distill": _legacy_distill_section(c)}
             stages.append(Stage(
                 f"student {name}", "students", run / name, depends, inputs,
                 run=lambda scfg=scfg, spec=spec, name=name, word=word: train_model(
                     scfg, run, spec.arch, name=name, kd=spec.kd, resume=True, log=log,
                     teacher_dir=teacher if word else None),
-                resumable=True, products=_model_files(run / name)))
+                resumable=True, products=_model_files(run / name), legacy_config=legacy))
     return stages
 
 
@@ -446,10 +471,13 @@ def _claim(run: Path, stage: Stage):
 def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
                log: Callable[[str], None]) -> bool:
     """Skip, adopt or run one stage (its lock held); True when it ran."""
-    fingerprint = stage_hash(stage, run)
+    fingerprint, *legacy = stage_hashes(stage, run)
     done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
-    if stage.group not in force and done_file.is_file() and read_json(done_file).get("hash") == fingerprint:
-        log(f"== {stage.name}: unchanged since {read_json(done_file).get('finished')}, skipped")
+    if stage.group not in force and done_file.is_file() and read_json(done_file).get("hash") in (fingerprint, *legacy):
+        done = read_json(done_file)
+        if done["hash"] != fingerprint:  # hashed by an earlier version: same config, new hash
+            write_json(done_file, {**done, "hash": fingerprint})
+        log(f"== {stage.name}: unchanged since {done.get('finished')}, skipped")
         return False
     if (adopt and stage.products and not done_file.is_file() and not started_file.is_file()
             and stage.group not in force and all(p.is_file() for p in stage.products)):
@@ -458,7 +486,8 @@ def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
         log(f"== {stage.name}: adopted the existing output (made outside the pipeline; "
             "taken as made with this config)")
         return False
-    stale = done_file.is_file() or (started_file.is_file() and read_json(started_file).get("hash") != fingerprint)
+    stale = done_file.is_file() or (started_file.is_file()
+                                    and read_json(started_file).get("hash") not in (fingerprint, *legacy))
     if (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():
         log(f"== {stage.name}: config or inputs changed; starting it over")
         shutil.rmtree(stage.out_dir)

@@ -263,3 +263,69 @@ def test_only_runs_the_named_models_and_what_they_need(pipeline_tree, tmp_path, 
     with pytest.raises(UserError, match="--only rnn_none: not a model of this pipeline; its models are "
                                         "teacher, rnn_seq, cnn_none"):
         run_pipeline(cfg, tmp_path / "c", only=("rnn_none",), log=quiet)
+
+
+def _distill_and_student_hashes(tree, run, **distill):
+    """{stage name: hash} of the distill and student stages, with `distill` keys changed (every
+    input a stand-in file: only the config part of the hashes varies)."""
+    from nmt_kd.pipeline import build_stages, stage_hash
+
+    tree = copy.deepcopy(tree)
+    tree["distill"].update(distill)
+    stages = [s for s in build_stages(config_from_dict(tree), run, quiet) if s.group in ("distill", "students")]
+    for p in {p for s in stages for p in s.inputs}:
+        if not p.is_file():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("x\n")
+    return {s.name: stage_hash(s, run) for s in stages}
+
+
+def test_word_kd_settings_leave_the_distilled_corpus_and_seq_kd_students_done(pipeline_tree, tmp_path):
+    """Choosing alpha, T or top-k on valid re-trains only the students that use them; the
+    beam changes the corpus and every student trained on it, not the word-KD-only student."""
+    tree = copy.deepcopy(pipeline_tree)
+    tree["pipeline"]["students"] = [{"name": f"rnn_{k.replace('+', '')}", "arch": "student_rnn", "kd": k}
+                                    for k in ("none", "word", "seq", "seq+word")]
+    run = tmp_path / "run"
+    base = _distill_and_student_hashes(tree, run)
+    assert set(base) == {"distill", "student rnn_none", "student rnn_word", "student rnn_seq",
+                         "student rnn_seqword"}
+    word = _distill_and_student_hashes(tree, run, alpha=0.9, temperature=2.0, top_k=4)
+    assert {n for n in base if word[n] != base[n]} == {"student rnn_word", "student rnn_seqword"}
+    beam = _distill_and_student_hashes(tree, run, beam=3)
+    assert {n for n in base if beam[n] != base[n]} == {"distill", "student rnn_seq", "student rnn_seqword"}
+
+
+def test_every_distill_key_is_hashed_by_what_it_changes():
+    import dataclasses
+
+    from nmt_kd.config import DistillConfig
+    from nmt_kd.pipeline import CORPUS_KEYS, WORD_KEYS
+
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    assert not set(CORPUS_KEYS) & set(WORD_KEYS)
+    assert fields == set(CORPUS_KEYS) | set(WORD_KEYS) | {"engine"}
+
+
+def test_a_stage_done_under_the_earlier_distill_hash_stays_done(pipeline_tree, tmp_path):
+    """A run directory whose distill stage (and seq-KD student) were hashed with the whole
+    distill section, as before the split, is not distilled or trained again."""
+    import dataclasses
+
+    from nmt_kd.fileio import read_json, write_json
+    from nmt_kd.pipeline import _run_stage, build_stages, stage_hashes
+
+    run = tmp_path / "run"
+    _distill_and_student_hashes(pipeline_tree, run)  # the stand-in inputs
+    stages = {s.name: s for s in build_stages(config_from_dict(pipeline_tree), run, quiet)}
+
+    def must_not_run():
+        raise AssertionError("a stage done under the earlier hash ran again")
+
+    for name in ("distill", "student rnn_seq"):
+        stage = dataclasses.replace(stages[name], run=must_not_run)
+        new, old = stage_hashes(stage, run)
+        assert new != old
+        write_json(stage.out_dir / "done.json", {"stage": name, "hash": old, "finished": "earlier"})
+        assert _run_stage(stage, run, (), False, quiet) is False
+        assert read_json(stage.out_dir / "done.json")["hash"] == new  # recorded under the new hash
