@@ -1,6 +1,7 @@
 """Keep what a run's evaluated models leave behind, without their weights, and put it back.
 
     python scripts/run_archive.py save    --run-dir RUN --archive docs/archive/multi30k_en_de [NAME ...]
+    python scripts/run_archive.py save-corpus --run-dir RUN --archive docs/archive/multi30k_en_de
     python scripts/run_archive.py restore --run-dir RUN --archive docs/archive/multi30k_en_de
     nmt-kd report --run-dir RUN        # the report again, from the evaluation files alone
 
@@ -12,18 +13,28 @@ sha256 hashes; the weights stay behind. `restore` checks each manifest and copie
 into a run directory (prepared the same way: `nmt-kd pipeline --until vocab`), so `nmt-kd
 report` rebuilds the report with every archived model beside the ones trained since. A file
 already in the run that differs from the archived one is an error, never overwritten.
+
+`save-corpus` keeps the finished distilled corpus (RUN/distill/train.{src,tgt} and its
+manifest.json, gzipped, with the sha256 of each uncompressed file) in ARCHIVE/_distilled_corpus/;
+`restore` puts it back, so every seq-KD student of an experiment learns from the same corpus
+(a teacher's beam search in bf16 need not give the same bytes on another CPU), and
+`nmt-kd pipeline --adopt` then takes it as the run's distill stage instead of distilling again.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import shutil
 import sys
 from pathlib import Path
 
-from nmt_kd.fileio import read_json, sha256_file, write_json
+from nmt_kd.fileio import atomic_open, read_json, sha256_file, write_json
 
 MODEL_FILES = ("model.json", "train_history.json", "ensemble.json")
+CORPUS = "_distilled_corpus"  # ARCHIVE/<this>/: the seq-KD corpus (not a model: no manifest.json)
+CORPUS_FILES = ("train.src", "train.tgt", "manifest.json")
 
 
 def evaluated(run: Path) -> list[str]:
@@ -53,7 +64,40 @@ def save(run: Path, archive: Path, names: list[str]) -> list[str]:
     return names
 
 
+def save_corpus(run: Path, archive: Path) -> None:
+    src = run / "distill"
+    if not (src / "done.json").is_file():
+        raise SystemExit(f"{src}: the distill stage has not finished (no done.json); nothing saved")
+    tmp, dst = archive / f".{CORPUS}.partial", archive / CORPUS
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in CORPUS_FILES:
+        with open(src / f, "rb") as i, gzip.GzipFile(tmp / f"{f}.gz", "wb", mtime=0) as o:
+            shutil.copyfileobj(i, o)
+    write_json(tmp / "corpus.json", {"files": {f: sha256_file(src / f) for f in CORPUS_FILES}})
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)  # complete or absent
+    print(f"distilled corpus: {len(CORPUS_FILES)} files -> {dst}")
+
+
+def _corpus_plans(run: Path, archive: Path) -> list[tuple[Path, bytes]]:
+    d = archive / CORPUS
+    if not (d / "corpus.json").is_file():
+        return []
+    plans = []
+    for f, digest in read_json(d / "corpus.json")["files"].items():
+        data = gzip.decompress((d / f"{f}.gz").read_bytes())
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise SystemExit(f"{d / f}.gz: changed since it was archived (corpus.json)")
+        dst = run / "distill" / f
+        if dst.is_file() and sha256_file(dst) != digest:
+            raise SystemExit(f"{dst}: already in the run and different from {d / f}.gz; not overwritten")
+        plans.append((dst, data))
+    return plans
+
+
 def restore(run: Path, archive: Path) -> list[str]:
+    corpus = _corpus_plans(run, archive)
     plans = []
     for manifest in sorted(archive.glob("*/manifest.json")):
         name = manifest.parent.name
@@ -69,20 +113,30 @@ def restore(run: Path, archive: Path) -> list[str]:
     for src, dst in plans:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
+    for dst, data in corpus:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(dst, "wb") as f:
+            f.write(data)
     names = sorted({p.parent.name for p in archive.glob("*/manifest.json")})
-    print(f"{len(names)} models, {len(plans)} files -> {run}")
+    print(f"{len(names)} models, {len(plans)} files -> {run}"
+          + (f"; the distilled corpus -> {run / 'distill'} (`nmt-kd pipeline --adopt` takes it)"
+             if corpus else ""))
     return names
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=("save", "restore"))
+    ap.add_argument("action", choices=("save", "save-corpus", "restore"))
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--archive", required=True, type=Path)
     ap.add_argument("names", nargs="*", help="models to save (default: every evaluated one)")
     args = ap.parse_args(argv)
     if args.action == "save":
         save(args.run_dir, args.archive, args.names)
+    elif args.action == "save-corpus":
+        if args.names:
+            ap.error("save-corpus takes no model names")
+        save_corpus(args.run_dir, args.archive)
     else:
         if args.names:
             ap.error("restore takes no model names")

@@ -155,3 +155,38 @@ def test_run_archive_keeps_evaluations_without_weights_and_restores_them(tmp_pat
     proc = _run(script, "restore", "--run-dir", tmp_path / "other", "--archive", archive)
     assert proc.returncode != 0 and "missing or changed since it was archived" in proc.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_run_archive_keeps_the_distilled_corpus_and_puts_it_back_for_adopt(tmp_path):
+    """`save-corpus` keeps RUN/distill's corpus gzipped with the hashes of the plain files;
+    `restore` writes back exactly those bytes without done.json (so `pipeline --adopt` takes
+    it), is not read as a model, and refuses a changed archive or a different file in the run."""
+    import gzip
+
+    run, archive, fresh = tmp_path / "run", tmp_path / "archive", tmp_path / "fresh"
+    files = {"train.src": "a dog\ntwo cats\n", "train.tgt": "ein Hund\nzwei Katzen\n",
+             "manifest.json": '{"pairs": 2}'}
+    for name, text in files.items():
+        (run / "distill").mkdir(parents=True, exist_ok=True)
+        (run / "distill" / name).write_text(text, encoding="utf-8")
+    script = REPO / "scripts/run_archive.py"
+    proc = _run(script, "save-corpus", "--run-dir", run, "--archive", archive)
+    assert proc.returncode != 0 and "has not finished" in proc.stderr  # no done.json yet
+    (run / "distill/done.json").write_text("{}", encoding="utf-8")
+    assert _run(script, "save-corpus", "--run-dir", run, "--archive", archive).returncode == 0
+    stored = archive / "_distilled_corpus"
+    assert sorted(p.name for p in stored.iterdir()) == [
+        "corpus.json", "manifest.json.gz", "train.src.gz", "train.tgt.gz"]
+    proc = _run(script, "restore", "--run-dir", fresh, "--archive", archive)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 models" in proc.stdout
+    assert {p.name: p.read_text(encoding="utf-8") for p in (fresh / "distill").iterdir()} == files
+    assert not (fresh / "eval").exists()
+    # a different corpus already in the run is not overwritten; a changed archive is refused
+    (fresh / "distill/train.tgt").write_text("ein Hund\nzwei Hunde\n", encoding="utf-8")
+    proc = _run(script, "restore", "--run-dir", fresh, "--archive", archive)
+    assert proc.returncode != 0 and "train.tgt: already in the run and different" in proc.stderr
+    (stored / "train.src.gz").write_bytes(gzip.compress(b"a cat\ntwo cats\n"))
+    proc = _run(script, "restore", "--run-dir", tmp_path / "other", "--archive", archive)
+    assert proc.returncode != 0 and "changed since it was archived" in proc.stderr
+    assert not (tmp_path / "other").exists()
