@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--archive", required=True, type=Path)
     ap.add_argument("names", nargs="*", help="models to save (default: every evaluated one)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # names after the options too
     if args.action == "save":
         save(args.run_dir, args.archive, args.names)
     elif args.action == "save-corpus":

@@ -138,6 +138,10 @@ def test_run_archive_keeps_evaluations_without_weights_and_restores_them(tmp_pat
     proc = _run(script, "save", "--run-dir", run, "--archive", archive)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in archive.iterdir()) == ["rnn_seq.seed1"]  # rnn_none: not evaluated
+    named = tmp_path / "named"  # names after the options, as the runbook writes them
+    proc = _run(script, "save", "--run-dir", run, "--archive", named, "rnn_seq.seed1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in named.iterdir()) == ["rnn_seq.seed1"]
     assert not list(archive.rglob("model.keras"))
     proc = _run(script, "restore", "--run-dir", fresh, "--archive", archive)
     assert proc.returncode == 0, proc.stderr
