@@ -473,8 +473,8 @@ def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
     """Skip, adopt or run one stage (its lock held); True when it ran."""
     fingerprint, *legacy = stage_hashes(stage, run)
     done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
-    if stage.group not in force and done_file.is_file() and read_json(done_file).get("hash") in (fingerprint, *legacy):
-        done = read_json(done_file)
+    done = read_json(done_file) if done_file.is_file() else {}
+    if stage.group not in force and done.get("hash") in (fingerprint, *legacy):
         if done["hash"] != fingerprint:  # hashed by an earlier version: same config, new hash
             write_json(done_file, {**done, "hash": fingerprint})
         log(f"== {stage.name}: unchanged since {done.get('finished')}, skipped")
