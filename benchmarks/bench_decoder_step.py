@@ -14,6 +14,11 @@ models decode (`decode.precision: trained`); `--xla` compiles the search with XL
 """
 
 import argparse
+import json
+import os
+import platform
+import shlex
+import sys
 import time
 
 import numpy as np
@@ -29,7 +34,8 @@ def main() -> None:
     p.add_argument("--xla", action="store_true")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--batch", type=int, default=64)
-    args = p.parse_args()
+    p.add_argument("--out", help="JSON file: this measurement is appended to its `rows` (created if absent)")
+    args = p.parse_intermixed_args()  # overrides may come before or after the options
 
     import keras
     import tensorflow as tf
@@ -61,6 +67,41 @@ def main() -> None:
     print(f"{args.arch} beam {args.beam} {args.precision}{' xla' if args.xla else ''} "
           f"{' '.join(args.overrides)}: {model.count_params():,} params, {ms:.2f} ms/step "
           f"at batch {batch} (median of 10)")
+    if args.out:
+        _append(args.out, {
+            "arch": args.arch, "overrides": args.overrides, "beam": args.beam,
+            "precision": args.precision, "xla": args.xla, "batch": batch, "steps": steps,
+            "params": int(model.count_params()), "ms_per_step_median": round(ms, 3),
+            "ms_per_step_all": [round(t / steps * 1000, 3) for t in times],
+            "command": "python " + shlex.join(sys.argv),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _append(path: str, row: dict) -> None:
+    """Adds `row` to the JSON file's `rows`; the file is replaced whole (never half written)."""
+    doc = {"what": "decoder step times of untrained models (benchmarks/bench_decoder_step.py)",
+           "machine": f"{os.cpu_count()} cores, {_cpu()}", "rows": []}
+    if os.path.exists(path):
+        with open(path) as f:
+            doc = json.load(f)
+    doc["rows"].append(row)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
