@@ -9,7 +9,8 @@ overrides, encodes 64 random 20-token sources and runs greedy search (or beam se
 milliseconds per step (encoder included, amortised). With eos disabled every sentence runs
 all 32 steps, so the ratio of two models' figures is the ratio of their decoding speeds on
 outputs of equal length: a student's greedy step against the teacher's beam step is what the
-speed bar compares. `--precision bf16` builds the model under `mixed_bfloat16`, as trained
+speed bar compares. Greedy search runs as `nmt-kd translate` runs it, without the softmax
+and scores (`--scores` adds them). `--precision bf16` builds the model under `mixed_bfloat16`, as trained
 models decode (`decode.precision: trained`); `--xla` compiles the search with XLA.
 """
 
@@ -34,6 +35,8 @@ def main() -> None:
     p.add_argument("--xla", action="store_true")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--scores", action="store_true",
+                   help="greedy: also compute the softmax and the scores (translation does not)")
     p.add_argument("--out", help="JSON file: this measurement is appended to its `rows` (created if absent)")
     args = p.parse_intermixed_args()  # overrides may come before or after the options
 
@@ -54,7 +57,8 @@ def main() -> None:
     def run(src):
         state = model.init_decode_state(model.encode(src, training=False), steps)
         if args.beam == 1:
-            return greedy_search(model.decode_step, state, batch, steps, None, eos_id=-5)
+            return greedy_search(model.decode_step, state, batch, steps, None, eos_id=-5,
+                                 with_scores=args.scores)
         return beam_search(model.decode_step, state, batch, args.beam, steps, None, eos_id=-5)
 
     run(src)
@@ -64,13 +68,14 @@ def main() -> None:
         run(src)["ids"].numpy()
         times.append(time.perf_counter() - t0)
     ms = sorted(times)[len(times) // 2] / steps * 1000
-    print(f"{args.arch} beam {args.beam} {args.precision}{' xla' if args.xla else ''} "
+    print(f"{args.arch} beam {args.beam} {args.precision}{' xla' if args.xla else ''}"
+          f"{' scored' if args.scores and args.beam == 1 else ''} "
           f"{' '.join(args.overrides)}: {model.count_params():,} params, {ms:.2f} ms/step "
           f"at batch {batch} (median of 10)")
     if args.out:
         _append(args.out, {
             "arch": args.arch, "overrides": args.overrides, "beam": args.beam,
-            "precision": args.precision, "xla": args.xla, "batch": batch, "steps": steps,
+            "precision": args.precision, "xla": args.xla, "greedy_scores": args.scores, "batch": batch, "steps": steps,
             "params": int(model.count_params()), "ms_per_step_median": round(ms, 3),
             "ms_per_step_all": [round(t / steps * 1000, 3) for t in times],
             "command": "python " + shlex.join(sys.argv),

@@ -38,7 +38,7 @@ class SearchOutput(NamedTuple):
 
     ids: np.ndarray | None  # int32 [B, T]: emitted tokens, no eos, padded; None with `texts`
     lengths: np.ndarray  # int32 [B]: target pieces per hypothesis (eos excluded)
-    scores: np.ndarray  # float32 [B]
+    scores: np.ndarray  # float32 [B] (beam search; zeros from the Keras greedy search)
     texts: list[str] | None = None  # set by a backend that detokenizes itself
 
 
@@ -59,12 +59,14 @@ class SearchBackend(Protocol):
         """Search one batch; `max_len` is its output-length bucket (the loop bound)."""
 
 
-def decode_ids(model, cfg: DecodeConfig, src, beam: int, max_len: int, nbest: int = 1) -> dict:
+def decode_ids(model, cfg: DecodeConfig, src, beam: int, max_len: int, nbest: int = 1,
+               greedy_scores: bool = True) -> dict:
     """Greedy (beam 1) or beam search over a padded batch of source ids (graph mode).
 
     `max_len` (a Python int) sizes the caches; each sentence's own limit is
     `nmt_kd.decode_policy.sentence_limits`. Shared by `KerasBackend` and the exported
-    SavedModel (`nmt_kd.export`), so both decode exactly alike.
+    SavedModel (`nmt_kd.export`), so both decode exactly alike. `greedy_scores=False` skips
+    the greedy search's softmax (same tokens, scores zero): what a translation needs.
     """
     import tensorflow as tf
 
@@ -73,7 +75,8 @@ def decode_ids(model, cfg: DecodeConfig, src, beam: int, max_len: int, nbest: in
     limits = sentence_limits(src, cfg, max_len)
     batch = tf.shape(src)[0]
     if beam == 1:
-        return greedy_search(model.decode_step, state, batch, max_len, limits)
+        return greedy_search(model.decode_step, state, batch, max_len, limits,
+                             with_scores=greedy_scores)
     return beam_search(model.decode_step, state, batch, beam, max_len, limits,
                        length_penalty=cfg.length_penalty, nbest=nbest)
 
@@ -105,7 +108,7 @@ class KerasBackend:
             @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)],
                          reduce_retracing=True)
             def decode(src):
-                return decode_ids(model, cfg, src, beam, max_len, nbest)
+                return decode_ids(model, cfg, src, beam, max_len, nbest, greedy_scores=False)
 
             self._fns[key] = decode
         return self._fns[key]

@@ -12,7 +12,7 @@ import pytest
 ctranslate2 = pytest.importorskip("ctranslate2")
 
 from nmt_kd import EOS_ID  # noqa: E402
-from nmt_kd.backends import SourceBatch  # noqa: E402
+from nmt_kd.backends import SourceBatch, decode_ids  # noqa: E402
 from nmt_kd.config import DecodeConfig  # noqa: E402
 from nmt_kd.decode_policy import max_len_bucket, sentence_limits_np  # noqa: E402
 from nmt_kd.fileio import read_lines  # noqa: E402
@@ -85,13 +85,17 @@ def _search(tr, src, beam, max_len):
 
 
 def test_greedy_tokens_equal_the_tf_greedy_search(pair):
+    import tensorflow as tf
+
     tf_tr, ct_tr, src = pair
     max_len = _max_len(tf_tr, src)
-    a_ids, a_len, a_sc = _search(tf_tr, src, 1, max_len)
+    a_ids, a_len, _ = _search(tf_tr, src, 1, max_len)  # the translator's greedy: no scores
     b_ids, b_len, b_sc = _search(ct_tr, src, 1, max_len)
     np.testing.assert_array_equal(b_len, a_len)
     np.testing.assert_array_equal(b_ids, a_ids)
-    np.testing.assert_allclose(b_sc, a_sc, rtol=1e-4, atol=2e-3)
+    scored = decode_ids(tf_tr.backend.model, tf_tr.cfg, tf.constant(src), 1, max_len)
+    np.testing.assert_array_equal(scored["ids"].numpy(), a_ids)
+    np.testing.assert_allclose(b_sc, scored["scores"].numpy(), rtol=1e-4, atol=2e-3)
     assert (a_len == sentence_limits_np(src, ct_tr.cfg, max_len)).any()  # some hit their limit (no eos)
     assert (a_len < sentence_limits_np(src, ct_tr.cfg, max_len)).any()  # and some ended with eos
 

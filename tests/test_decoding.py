@@ -141,11 +141,17 @@ def test_greedy_matches_reference_and_beam_size_one_matches_greedy():
         greedy = greedy_search(step_fn, {"bias": bias_t}, batch, max_len, limits_t)
         beam = beam_search(step_fn, {"bias": bias_t}, batch, 1, max_len, limits_t,
                            length_penalty=0.0)
-        return greedy, beam
+        unscored = greedy_search(step_fn, {"bias": bias_t}, batch, max_len, limits_t,
+                                 with_scores=False)
+        return greedy, beam, unscored
 
-    greedy, beam = both(tf.constant(bias), tf.constant(limits))
+    greedy, beam, unscored = both(tf.constant(bias), tf.constant(limits))
     greedy = {k: v.numpy() for k, v in greedy.items()}
     beam = {k: v.numpy() for k, v in beam.items()}
+    # without scores (argmax on the logits, no softmax): the same tokens, zero scores
+    np.testing.assert_array_equal(unscored["ids"].numpy(), greedy["ids"])
+    np.testing.assert_array_equal(unscored["lengths"].numpy(), greedy["lengths"])
+    assert not unscored["scores"].numpy().any()
 
     for s in range(4):
         prev, toks, score = BOS_ID, [], 0.0
