@@ -15,9 +15,7 @@ models decode (`decode.precision: trained`); `--xla` compiles the search with XL
 """
 
 import argparse
-import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -83,30 +81,16 @@ def main() -> None:
         })
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _append(path: str, row: dict) -> None:
-    """Adds `row` to the JSON file's `rows`; the file is replaced whole (never half written)."""
-    doc = {"what": "decoder step times of untrained models (benchmarks/bench_decoder_step.py)",
-           "machine": f"{os.cpu_count()} cores, {_cpu()}", "rows": []}
-    if os.path.exists(path):
-        with open(path) as f:
-            doc = json.load(f)
+    """Adds `row` to the JSON file's `rows` (created if absent; written atomically)."""
+    from nmt_kd.evaluate import machine_info
+    from nmt_kd.fileio import read_json, write_json
+
+    doc = read_json(path) if os.path.exists(path) else {
+        "what": "decoder step times of untrained models (benchmarks/bench_decoder_step.py)",
+        "machine": machine_info(), "rows": []}
     doc["rows"].append(row)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, doc)
 
 
 if __name__ == "__main__":

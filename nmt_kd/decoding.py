@@ -102,8 +102,8 @@ def greedy_search(
     log-probs of the emitted tokens including eos when one was emitted. With
     `with_scores=False` the argmax is taken on the logits and no softmax is computed (the
     same tokens: a softmax does not change a row's order); "scores" are then zeros. A
-    translation needs no greedy score, and the softmax over the vocabulary is ~0.2 ms of a
-    ~2.5 ms student step at batch 64 (docs/benchmarks.md, "What each hot-path choice buys").
+    translation needs no greedy score, and the softmax over the vocabulary costs ~10% of the
+    teacher's greedy step at batch 64 (docs/benchmarks.md, "Student shapes for the speed bar").
     """
     _check_max_len(max_len)
     batch = _as_int32(batch_size)
