@@ -269,9 +269,17 @@ class DecodeConfig:
     # Arithmetic of decoding: bf16 matmuls (oneDNN, AVX512-BF16 / AMX CPUs), fp32, or
     # "trained" (whatever policy the model was saved with: bf16 when trained in bf16).
     precision: str = "trained"
+    # A source language code (e.g. "en"): each input line is split into sentences
+    # (nmt_kd/sentences.py), each translated on its own, the translations joined with a space;
+    # for corpora whose lines are paragraphs. null: every line is translated whole.
+    split_sentences: str | None = None
 
     def __post_init__(self) -> None:
         _one_of("decode.on_long_line", self.on_long_line, ("truncate", "error"))
+        s = self.split_sentences
+        if s is not None and not s.replace("-", "").replace("_", "").isalpha():
+            raise ConfigError("decode.split_sentences takes the source language's code (e.g. en) "
+                              f"or null, got {s!r}")
         _one_of("decode.precision", self.precision, ("trained", "fp32", "bf16"))
         if self.beam < 1:
             raise ConfigError(f"decode.beam must be >= 1, got {self.beam}")

@@ -143,10 +143,18 @@ def build_stages(cfg: Config, run: Path, log: Callable[[str], None]) -> list[Sta
     return stages
 
 
+def _decode(c: dict, leave_out: tuple[str, ...] = ()) -> dict:
+    """The `decode` keys a stage depends on, less `leave_out`; `split_sentences` only when set
+    (so run directories made before it existed keep their hashes)."""
+    return {k: v for k, v in c["decode"].items()
+            if k not in leave_out and not (k == "split_sentences" and v is None)}
+
+
 def _train_decode(c: dict) -> dict:
     """What training reads of `decode`: the search settings that only evaluation uses (beam,
-    batch size, length penalty) are left out, so changing them never retrains anything."""
-    return {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size", "length_penalty")}
+    batch size, length penalty, sentence splitting: the training loop's validation translates
+    whole lines) are left out, so changing them never retrains anything."""
+    return _decode(c, ("beam", "batch_size", "length_penalty", "split_sentences"))
 
 
 def _data_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
@@ -213,7 +221,7 @@ def _legacy_distill_section(c: dict) -> dict:
 def _distill_stage(cfg: Config, c: dict, run: Path, log) -> Stage:
     from nmt_kd.distill import distill_corpus
 
-    decode = {k: v for k, v in c["decode"].items() if k not in ("beam", "batch_size")}
+    decode = _decode(c, ("beam", "batch_size"))
     teacher = kd_teacher_dir(cfg, run)
     engine = cfg.distill.engine  # in the hash only when not the default (older runs keep theirs)
     rest = {"decode": decode, **({"teacher": teacher.name} if teacher.name != "teacher" else {}),
@@ -266,7 +274,7 @@ def _evaluation_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
     blind = [Path(expand_path(p)) for p in cfg.eval.blind_sources]
     stages = [Stage(
         f"evaluate {name}", "evaluate", run / "eval" / name,
-        {"eval": c["eval"], "decode": c["decode"], "test_set": c["data"]["test_set_name"]},
+        {"eval": c["eval"], "decode": _decode(c), "test_set": c["data"]["test_set_name"]},
         _weights(cfg, run, name) + [run / name / "spm.model"] + _data_files(run, ("valid", "test")) + blind,
         run=lambda name=name: evaluate_all(cfg, run, name, log),
         products=[run / "eval" / name / f"{pre}beam{b}.bs{n}.json"

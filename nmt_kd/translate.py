@@ -5,7 +5,9 @@ export or a SavedModel export.
 (long ones truncated or refused), sorted by length into batches and padded
 (`nmt_kd.decode_policy.length_sorted_batches`), each batch gets its output-length bucket
 (`nmt_kd.decode_policy.max_len_bucket`) and is searched by the backend, and the translations
-come back in the input order. An empty line translates to an empty line.
+come back in the input order. An empty line translates to an empty line. With
+`decode.split_sentences` set, each line is first cut into sentences (`nmt_kd.sentences`), the
+sentences are translated as above and each line's translations are joined again.
 `Translator.translate_stream` does the same chunk by chunk over an iterable of lines, so
 memory stays bounded by the chunk size however long the input is.
 """
@@ -25,6 +27,7 @@ from nmt_kd.config import DecodeConfig
 from nmt_kd.decode_policy import length_sorted_batches, max_len_bucket
 from nmt_kd.errors import UserError
 from nmt_kd.progress import StatusLine
+from nmt_kd.sentences import join_translations, split_lines
 from nmt_kd.tokenizer import Tokenizer
 
 CHUNK_LINES = 10_000  # lines per chunk when translating a stream
@@ -60,6 +63,7 @@ class Translator:
     def _bind(self, backend: SearchBackend) -> None:
         self.backend = backend
         self.line_offset = 0  # added to line numbers in messages (set per chunk by translate_stream)
+        self._line_of: Sequence[int] | None = None  # sentence -> its line, while splitting
 
     @property
     def cfg(self) -> DecodeConfig:
@@ -79,8 +83,10 @@ class Translator:
         for i, seq in enumerate(ids):
             if len(seq) > limit:
                 if self.cfg.on_long_line == "error":
+                    where = (f"input line {self.line_offset + i + 1}" if self._line_of is None else
+                             f"a sentence of input line {self.line_offset + self._line_of[i] + 1}")
                     raise UserError(
-                        f"input line {self.line_offset + i + 1} has {len(seq)} tokens, more than decode.max_src_len="
+                        f"{where} has {len(seq)} tokens, more than decode.max_src_len="
                         f"{self.cfg.max_src_len} (set decode.on_long_line: truncate to cut it)"
                     )
                 ids[i] = seq[:limit]
@@ -90,6 +96,37 @@ class Translator:
     def translate(
         self, lines: Sequence[str], beam: int | None = None, batch_size: int | None = None,
         nbest: int = 1, progress: bool = False, sort: bool = True,
+    ) -> TranslationResult:
+        if self.cfg.split_sentences:
+            return self._translate_sentences(lines, self.cfg.split_sentences, beam, batch_size,
+                                             nbest, progress, sort)
+        return self._translate_lines(lines, beam, batch_size, nbest, progress, sort)
+
+    def _translate_sentences(self, lines: Sequence[str], lang: str, beam, batch_size, nbest: int,
+                             progress: bool, sort: bool) -> TranslationResult:
+        """Each line's sentences translated on their own and joined (`decode.split_sentences`);
+        `extra["sentences"]` counts them. `token_counts` sum each line's sentences."""
+        if nbest > 1:
+            raise UserError("decode.split_sentences translates each sentence of a line on its "
+                            "own, so a line has no n-best list: set distill.nbest: 1 and "
+                            "distill.seq_inter: false, or decode.split_sentences: null")
+        t0 = time.perf_counter()
+        sentences, owner = split_lines(lines, lang)
+        self._line_of = owner
+        try:
+            res = self._translate_lines(sentences, beam, batch_size, 1, progress, sort)
+        finally:
+            self._line_of = None
+        counts = [0] * len(lines)
+        for i, n in zip(owner, res.token_counts, strict=True):
+            counts[i] += n
+        return TranslationResult(join_translations(len(lines), owner, res.hypotheses), counts,
+                                 time.perf_counter() - t0, res.truncated,
+                                 extra={"sentences": len(sentences)})
+
+    def _translate_lines(
+        self, lines: Sequence[str], beam: int | None, batch_size: int | None, nbest: int,
+        progress: bool, sort: bool,
     ) -> TranslationResult:
         beam = beam or self.cfg.beam
         batch_size = batch_size or self.cfg.batch_size

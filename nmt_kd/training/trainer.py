@@ -15,6 +15,7 @@ elapsed training time, then replays the same batches from where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -329,7 +330,9 @@ class Trainer:
         from nmt_kd.translate import Translator
 
         n = self.tc.eval_sentences or len(self.valid_src)
-        hyps = Translator(self.model, self.tokenizer, self.cfg.decode).translate(
+        # whole lines (decode.split_sentences is evaluation's: it never changes training)
+        decode = dataclasses.replace(self.cfg.decode, split_sentences=None)
+        hyps = Translator(self.model, self.tokenizer, decode).translate(
             self.valid_src[:n], beam=1, batch_size=self.tc.eval_batch_size).hypotheses
         return sacrebleu.corpus_bleu(hyps, [self.valid_tgt[:n]]).score
 
