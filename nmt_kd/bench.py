@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nmt_kd.config import DecodeConfig
+from nmt_kd.cpuload import BUSY_SHARE, OtherLoad
 from nmt_kd.models.registry import param_split
 
 
@@ -41,11 +42,12 @@ def bench_decoding(
             # warm-up: traces every length bucket, and counts the output tokens
             tokens = [sum(tr.translate(lines, beam=beam, batch_size=bs).token_counts)
                       for _, tr, _, _ in translators]
-            for _ in range(repeats):
-                for i, (_, tr, _, _) in enumerate(translators):
-                    t0 = time.perf_counter()
-                    tr.translate(lines, beam=beam, batch_size=bs)
-                    times[i].append(time.perf_counter() - t0)
+            with OtherLoad() as load:
+                for _ in range(repeats):
+                    for i, (_, tr, _, _) in enumerate(translators):
+                        t0 = time.perf_counter()
+                        tr.translate(lines, beam=beam, batch_size=bs)
+                        times[i].append(time.perf_counter() - t0)
             for i, (d, _, meta, params) in enumerate(translators):
                 sps = [len(lines) / t for t in times[i]]
                 tps = [tokens[i] / t for t in times[i]]
@@ -54,11 +56,16 @@ def bench_decoding(
                        "sentences_per_second": round(statistics.median(sps), 2),
                        "sentences_per_second_min": round(min(sps), 2),
                        "sentences_per_second_max": round(max(sps), 2),
-                       "tokens_per_second": round(statistics.median(tps), 1), "repeats": repeats}
+                       "tokens_per_second": round(statistics.median(tps), 1), "repeats": repeats,
+                       # other processes' share of the CPU during these interleaved repeats
+                       "cpu_other_share": load.share}
                 rows.append(row)
                 log(f"{Path(d).name:>24} beam {beam} batch {bs:>3}: {row['sentences_per_second']:8.1f} sent/s "
                     f"(min {row['sentences_per_second_min']:.1f}, max {row['sentences_per_second_max']:.1f}), "
                     f"{row['tokens_per_second']:9.0f} tok/s")
+            if load.share is not None and load.share > BUSY_SHARE:
+                log(f"bench: other processes used {100 * load.share:.0f}% of the CPU while beam {beam} "
+                    f"batch {bs} was timed: not an idle-machine figure")
     return {"machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
 
 

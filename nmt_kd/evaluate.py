@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from nmt_kd.config import DecodeConfig
+from nmt_kd.cpuload import OtherLoad
 from nmt_kd.errors import UserError
 from nmt_kd.fileio import write_json, write_lines
 from nmt_kd.translate import Translator, open_translator, read_input_lines
@@ -116,8 +117,9 @@ def evaluate_model(
         size_bytes = model_size_bytes(model_dir)
     timed_src = src_lines[:speed_sentences] if speed_sentences else src_lines
     if scored is None:
-        first = translator.translate(src_lines, beam=beam, batch_size=batch_size,
-                                     progress=sys.stderr.isatty())  # a bar with ETA on a terminal
+        with OtherLoad() as first_load:
+            first = translator.translate(src_lines, beam=beam, batch_size=batch_size,
+                                         progress=sys.stderr.isatty())  # a bar with ETA on a terminal
         hyps, truncated, scored_bs = first.hypotheses, first.truncated, batch_size
     else:
         scored_bs, hyps = scored
@@ -127,7 +129,11 @@ def evaluate_model(
         translator.translate(timed_src, beam=beam, batch_size=batch_size)  # warm-up: traces
     if not timed and scored is not None:
         raise ValueError("timed=False scores a first pass; it cannot take `scored` hypotheses")
-    timing = translator.translate(timed_src, beam=beam, batch_size=batch_size) if timed else first
+    if timed:
+        with OtherLoad() as load:
+            timing = translator.translate(timed_src, beam=beam, batch_size=batch_size)
+    else:
+        timing, load = first, first_load
     metrics = {
         "split": split,
         "model": str(model_dir),
@@ -148,6 +154,9 @@ def evaluate_model(
         "timed_sentences": len(timed_src),
         "timed_seconds": round(timing.seconds, 3),
         "timed_pass": "second" if timed else "first (includes tracing)",
+        # the share of the machine other processes used while the timed pass ran (None: not
+        # measurable here); above nmt_kd.cpuload.BUSY_SHARE the report calls the speed unverified
+        "cpu_other_share": load.share,
         "truncated_inputs": truncated,
         "machine": machine_info(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),

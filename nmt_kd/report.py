@@ -15,6 +15,7 @@ import html
 from collections.abc import Callable
 from pathlib import Path
 
+from nmt_kd import cpuload
 from nmt_kd.analysis import LENGTH_BUCKETS
 from nmt_kd.fileio import atomic_open, read_json, read_lines, write_json
 
@@ -229,9 +230,10 @@ def significance(run: Path, rows: list[dict], n_samples: int = 1000,
     return results
 
 
-def headline(groups: list[dict], sig: list[dict]) -> str | None:
+def headline(groups: list[dict], sig: list[dict], speed_caveat: str | None = None) -> str | None:
     """The answer in one sentence: the distilled student chosen on valid greedy BLEU, how much
-    of the teacher's beam BLEU it keeps, how much faster it is, and what KD added."""
+    of the teacher's beam BLEU it keeps, how much faster it is (with `speed_caveat` beside the
+    ratio when the timing cannot be trusted, see `nmt_kd.cpuload.caveat`), and what KD added."""
     teacher = next((g for g in groups if g["name"] == "teacher"), None)
     kd = [g for g in groups if not g["name"].startswith("teacher") and g["kd"] != "none"]
     if teacher is None or not kd:
@@ -251,7 +253,8 @@ def headline(groups: list[dict], sig: list[dict]) -> str | None:
     if batch is not None and mean.get(f"speedup_bs{batch}"):
         text += (f" and translates {mean[f'speedup_bs{batch}']:.1f}x as many sentences per second "
                  f"at batch {batch} (greedy against the teacher's beam {beam}; "
-                 f"{mean.get(f'speedup_greedy_bs{batch}') or 0:.1f}x greedy against greedy)")
+                 f"{mean.get(f'speedup_greedy_bs{batch}') or 0:.1f}x greedy against greedy"
+                 + (f"; {speed_caveat}" if speed_caveat else "") + ")")
     base = next((g for g in groups if g["arch"] == pick["arch"] and g["kd"] == "none"
                  and not g["name"].startswith("teacher")), None)
     if base is not None and base["bleu_greedy"] is not None:
@@ -538,18 +541,25 @@ def build_report(run_dir: str | Path, title: str = "nmt-kd report", bootstrap: i
     from nmt_kd.analysis import analyze_run  # one-way: report imports analysis, not back
 
     analysis_md, analysis_html, analysis = analyze_run(run, rows, bootstrap or 1000, log)
-    answer = headline(groups, sig)
+    test_rows = [r for r in rows if r["split"] == "test"]
+    loads = [r.get("cpu_other_share") for r in test_rows]
+    answer = headline(groups, sig, cpuload.caveat(loads))
     write_json(out / "metrics.json", {
-        "headline": answer, "rows": groups, "models": summary, "significance": sig,
+        "headline": answer,
+        # other processes' share of the CPU during the timed passes (nmt_kd.cpuload)
+        "timing": {"cpu_other_share_max": max((x for x in loads if x is not None), default=None),
+                   "passes": len(loads), "passes_not_recorded": sum(x is None for x in loads),
+                   "caveat": cpuload.caveat(loads)},
+        "rows": groups, "models": summary, "significance": sig,
         "evaluations": rows, "bleu_by_length": {"buckets": [list(b) for b in LENGTH_BUCKETS], **buckets},
         "analysis": analysis})
-    test_rows = [r for r in rows if r["split"] == "test"]
     signature, test_set = test_rows[0]["bleu_signature"], test_rows[0]["test_set"]
     intro = (f"Test set: `{test_set}` ({test_rows[0]['n_sentences']} sentences); valid columns are "
              f"the run's valid split. sacreBLEU signature: `{signature}`. Rows with several seeds show "
              "mean ± sample standard deviation. Speeds were measured on "
              f"{test_rows[0].get('machine', {}).get('cpu', 'this machine')}, each column's decoding named "
-             "in its header; a ratio divides the row's sentences/s by the teacher's at the same batch size.")
+             "in its header; a ratio divides the row's sentences/s by the teacher's at the same batch size. "
+             + cpuload.describe(loads))
     tables = [(name, fn(groups)) for name, fn in SECTIONS]
     if sig:
         tables.append(("Paired bootstrap (sacreBLEU), Holm-corrected over all comparisons",

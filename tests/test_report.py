@@ -9,10 +9,12 @@ from nmt_kd.fileio import write_json, write_lines
 from nmt_kd.report import build_report, summarize
 
 
-def fake_run(tmp_path, seeds=(1, 2)):
+def fake_run(tmp_path, seeds=(1, 2), loads: dict | None = None):
     """A run directory with test data and evaluation files, as the evaluate stage writes them:
     a teacher and two students over `seeds`, greedy (beam 1) and beam 4 with different outputs
-    (the beam drops fewer words), test at batch 1 and 8 and valid at batch 8."""
+    (the beam drops fewer words), test at batch 1 and 8 and valid at batch 8. `loads`: model
+    name -> the `cpu_other_share` its timed passes record (absent: the key is not written,
+    as in evaluations made before nmt-kd measured it)."""
     from nmt_kd.evaluate import score
 
     run = tmp_path / "run"
@@ -39,6 +41,8 @@ def fake_run(tmp_path, seeds=(1, 2)):
                            "batch_size": bs, **score(hyps, refs), "split": split,
                            "sentences_per_second": speed * bs / beam, "tokens_per_second": speed * 10,
                            "machine": {"cpu": "test cpu"}}
+                    if loads is not None and name in loads:
+                        row["cpu_other_share"] = loads[name]
                     stem = f"eval/{name}/{'valid.' if split == 'valid' else ''}beam{beam}.bs{bs}"
                     write_json(run / f"{stem}.json", row)
                     write_lines(run / f"{stem}.hyp.txt", hyps)

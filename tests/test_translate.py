@@ -62,6 +62,8 @@ def test_evaluate_writes_the_report_keys(tiny_teacher, tmp_path):
     assert REQUIRED <= set(on_disk) and on_disk == json.loads(json.dumps(m))
     assert m["model_type"] == "teacher" and m["kd"] == "none" and m["test_set"] == "toy/test"
     assert 0.0 <= m["bleu"] <= 100.0 and m["sentences_per_second"] > 0
+    # how busy the rest of the machine was while the timed pass ran (None: not measurable)
+    assert m["cpu_other_share"] is None or 0.0 <= m["cpu_other_share"] <= 1.0
     assert m["bleu_signature"].startswith("nrefs:1|case:mixed")
     hyps = out.with_suffix(".hyp.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(hyps) == 30
@@ -166,6 +168,7 @@ def test_bench_interleaves_models_and_reports_ratios(tiny_teacher):
     for r in res["rows"]:
         assert r["sentences_per_second_min"] <= r["sentences_per_second"] <= r["sentences_per_second_max"]
         assert r["sentences"] == (3 if r["batch_size"] == 1 else 12) and r["repeats"] == 2
+        assert r["cpu_other_share"] is None or 0.0 <= r["cpu_other_share"] <= 1.0
     ratios = speed_ratios(res, model, 2)
     assert {(r["beam"], r["batch_size"]) for r in ratios} == {(1, 1), (1, 4), (2, 1), (2, 4)}
     assert all(r["ratio"] > 0 for r in ratios)
