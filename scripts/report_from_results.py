@@ -1,6 +1,6 @@
 """Rebuild a pipeline report from committed evaluation results, without the models.
 
-    python scripts/report_from_results.py --metrics docs/reports/multi30k_en_de/metrics.json \
+    python scripts/report_from_results.py --metrics docs/reports/multi30k_en_de_f9d6349/metrics.json \
         --hyps docs/results/multi30k --run-dir RUN --title "..."
 
 RUN must hold the run's data/ and vocab/ (`nmt-kd prepare` reproduces them: the same corpus
