@@ -89,6 +89,18 @@ def model_size_bytes(model_dir: Path) -> int:
     return model_dir_bytes(model_dir)
 
 
+def _translator_and_meta(model_dir: Path, translator: Translator | None,
+                         decode_cfg: DecodeConfig | None) -> tuple[Translator, dict, int]:
+    """(translator, model.json's contents, size in bytes): the model opened, or the given
+    translator with its directory's metadata."""
+    if translator is None:
+        return open_translator(model_dir, decode_cfg or DecodeConfig())
+    from nmt_kd.fileio import read_json
+
+    meta = read_json(model_dir / "model.json") if (model_dir / "model.json").is_file() else {}
+    return translator, meta, model_size_bytes(model_dir)
+
+
 def evaluate_model(
     model_dir: str | Path, src: str | Path, ref: str | Path, beam: int = 5, batch_size: int = 64,
     decode_cfg: DecodeConfig | None = None, test_set: str | None = None,
@@ -108,13 +120,9 @@ def evaluate_model(
     src_lines, ref_lines = read_input_lines(str(src)), read_input_lines(str(ref), clean=False)
     if len(src_lines) != len(ref_lines):
         raise UserError(f"{src} has {len(src_lines)} lines but {ref} has {len(ref_lines)}")
-    if translator is None:
-        translator, meta, size_bytes = open_translator(model_dir, decode_cfg or DecodeConfig())
-    else:
-        from nmt_kd.fileio import read_json
-
-        meta = read_json(model_dir / "model.json") if (model_dir / "model.json").is_file() else {}
-        size_bytes = model_size_bytes(model_dir)
+    if not timed and scored is not None:
+        raise ValueError("timed=False scores a first pass; it cannot take `scored` hypotheses")
+    translator, meta, size_bytes = _translator_and_meta(model_dir, translator, decode_cfg)
     timed_src = src_lines[:speed_sentences] if speed_sentences else src_lines
     if scored is None:
         with OtherLoad() as first_load:
@@ -127,8 +135,6 @@ def evaluate_model(
             raise ValueError(f"{len(hyps)} scored hypotheses for {len(src_lines)} source lines")
         truncated = translator.encode_sources(src_lines)[1]
         translator.translate(timed_src, beam=beam, batch_size=batch_size)  # warm-up: traces
-    if not timed and scored is not None:
-        raise ValueError("timed=False scores a first pass; it cannot take `scored` hypotheses")
     if timed:
         with OtherLoad() as load:
             timing = translator.translate(timed_src, beam=beam, batch_size=batch_size)
