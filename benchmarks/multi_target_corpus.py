@@ -1,0 +1,62 @@
+"""Experiment (KD table, best-student bar): a seq-KD corpus with up to three targets per source.
+
+For every training source: the ensemble teacher's top-1 translation, its seq-inter pick (the
+n-best candidate closest to the reference, as `distill.seq_inter` stores it in the shards)
+and the human reference, exact duplicates removed. Reads the shards of a seq-inter
+distillation (which keep each line's whole n-best) and writes RUN/distill/train.{src,tgt}
+of a separate run directory, whose student is then trained with `--kd seq`:
+
+    python benchmarks/multi_target_corpus.py --inter-run KI --out-run KM
+    nmt-kd train -c configs/multi30k_en_de.yaml --run-dir KM --model student_rnn --kd seq \\
+        --name rnn_multi.seed1 --set student_train.seed=1 --resume
+
+KM is a copy of KI without its distill/ directory (hard links are fine: nothing here writes
+into a linked file). Not a pipeline option: it becomes one if it wins on valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nmt_kd.fileio import read_lines, write_json, write_lines
+
+
+def build(inter_run: Path, out_run: Path) -> dict:
+    src, ref = read_lines(inter_run / "data/train.src"), read_lines(inter_run / "data/train.tgt")
+    records: dict[int, dict] = {}
+    for shard in sorted((inter_run / "distill/shards").glob("*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            records[r["i"]] = r
+    if sorted(records) != list(range(len(src))) or len(ref) != len(src):
+        raise SystemExit(f"{inter_run}: the shards cover {len(records)} lines, the training split has {len(src)}")
+    out_src, out_tgt, duplicates = [], [], 0
+    for i, s in enumerate(src):
+        targets: list[str] = []
+        for t in (records[i]["nbest"][0][0], records[i]["hyp"], ref[i]):
+            if t.strip() and t not in targets:
+                targets.append(t)
+            else:
+                duplicates += 1
+        out_src += [s] * len(targets)
+        out_tgt += targets
+    write_lines(out_run / "distill/train.src", out_src)
+    write_lines(out_run / "distill/train.tgt", out_tgt)
+    manifest = {"what": "top-1 + seq-inter pick + reference per source, exact duplicates removed",
+                "source_lines": len(src), "lines": len(out_src), "duplicates_removed": duplicates}
+    write_json(out_run / "distill/manifest.json", manifest)
+    return manifest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--inter-run", type=Path, required=True, help="run directory of a seq-inter distillation")
+    ap.add_argument("--out-run", type=Path, required=True, help="run directory to write distill/ into")
+    a = ap.parse_args()
+    print(build(a.inter_run, a.out_run))
+
+
+if __name__ == "__main__":
+    main()
