@@ -17,21 +17,19 @@ into a linked file). Not a pipeline option: it becomes one if it wins on valid.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from nmt_kd.distill import read_shard, shard_path, shard_ranges
 from nmt_kd.fileio import read_lines, write_json, write_lines
 
 
-def build(inter_run: Path, out_run: Path) -> dict:
+def build(inter_run: Path, out_run: Path, shard_size: int = 2000) -> dict:
     src, ref = read_lines(inter_run / "data/train.src"), read_lines(inter_run / "data/train.tgt")
-    records: dict[int, dict] = {}
-    for shard in sorted((inter_run / "distill/shards").glob("*.jsonl")):
-        for line in shard.read_text(encoding="utf-8").splitlines():
-            r = json.loads(line)
-            records[r["i"]] = r
-    if sorted(records) != list(range(len(src))) or len(ref) != len(src):
-        raise SystemExit(f"{inter_run}: the shards cover {len(records)} lines, the training split has {len(src)}")
+    if len(ref) != len(src):
+        raise SystemExit(f"{inter_run}/data: train.src has {len(src)} lines, train.tgt {len(ref)}")
+    # the distillation's own reader: one checked record per source line, shard by shard
+    records = [r for i, (start, end) in enumerate(shard_ranges(len(src), shard_size))
+               for r in read_shard(shard_path(inter_run, i), start, end)]
     out_src, out_tgt, duplicates = [], [], 0
     for i, s in enumerate(src):
         targets: list[str] = []
@@ -54,8 +52,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--inter-run", type=Path, required=True, help="run directory of a seq-inter distillation")
     ap.add_argument("--out-run", type=Path, required=True, help="run directory to write distill/ into")
+    ap.add_argument("--shard-size", type=int, default=2000, help="the distillation's distill.shard_size")
     a = ap.parse_args()
-    print(build(a.inter_run, a.out_run))
+    print(build(a.inter_run, a.out_run, a.shard_size))
 
 
 if __name__ == "__main__":

@@ -543,13 +543,14 @@ def build_report(run_dir: str | Path, title: str = "nmt-kd report", bootstrap: i
     analysis_md, analysis_html, analysis = analyze_run(run, rows, bootstrap or 1000, log)
     test_rows = [r for r in rows if r["split"] == "test"]
     loads = [r.get("cpu_other_share") for r in test_rows]
-    answer = headline(groups, sig, cpuload.caveat(loads))
+    speed_caveat = cpuload.caveat(loads)
+    answer = headline(groups, sig, speed_caveat)
     write_json(out / "metrics.json", {
         "headline": answer,
         # other processes' share of the CPU during the timed passes (nmt_kd.cpuload)
         "timing": {"cpu_other_share_max": max((x for x in loads if x is not None), default=None),
                    "passes": len(loads), "passes_not_recorded": sum(x is None for x in loads),
-                   "caveat": cpuload.caveat(loads)},
+                   "caveat": speed_caveat},
         "rows": groups, "models": summary, "significance": sig,
         "evaluations": rows, "bleu_by_length": {"buckets": [list(b) for b in LENGTH_BUCKETS], **buckets},
         "analysis": analysis})
