@@ -104,6 +104,19 @@ class TransformerConfig:
 
 
 @dataclass(frozen=True)
+class StudentTransformerConfig(TransformerConfig):
+    """A Transformer student: deep encoder, shallow decoder (Kasai et al., 2021, "Deep Encoder,
+    Shallow Decoder"; the Bergamot students). Decoding time is spent in the decoder, one step
+    per output token; the encoder runs once per sentence."""
+
+    d_model: int = 128
+    encoder_layers: int = 6
+    decoder_layers: int = 1
+    heads: int = 4
+    ff_dim: int = 512
+
+
+@dataclass(frozen=True)
 class RNNConfig:
     cell: str = "gru"  # gru | lstm
     attention: str = "luong"  # luong | bahdanau
@@ -142,6 +155,7 @@ class ModelConfig:
     teacher: TransformerConfig = field(default_factory=TransformerConfig)
     student_rnn: RNNConfig = field(default_factory=RNNConfig)
     student_cnn: CNNConfig = field(default_factory=CNNConfig)
+    student_transformer: StudentTransformerConfig = field(default_factory=StudentTransformerConfig)
     others: tuple[tuple[str, Any], ...] = field(default=(), metadata={"inline": True})
 
     def section(self, name: str) -> Any:

@@ -26,6 +26,7 @@ ARCHS = {  # name: (architecture, model-config overrides)
     "teacher": ("teacher", {}),
     "student_rnn": ("student_rnn", {}),
     "student_cnn": ("student_cnn", {}),
+    "student_transformer": ("student_transformer", {}),
     # the other recurrent variant: LSTM cells with Bahdanau attention
     "student_rnn_lstm_bahdanau": ("student_rnn", {"cell": "lstm", "attention": "bahdanau"}),
 }

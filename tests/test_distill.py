@@ -216,7 +216,7 @@ def test_topk_store_with_full_k_reproduces_online_kd_and_resumes(teacher_run, tm
 
 @pytest.mark.parametrize("arch, kd, mode", [
     ("student_rnn", "word", "online"), ("student_cnn", "seq+word", "offline"),
-    ("student_rnn", "seq", "online"),
+    ("student_rnn", "seq", "online"), ("student_transformer", "seq+word", "offline"),
 ])
 def test_students_train_with_each_kd_mode(teacher_run, tmp_path, arch, kd, mode):
     from nmt_kd.models.persistence import load_model_dir
@@ -235,7 +235,8 @@ def test_students_train_with_each_kd_mode(teacher_run, tmp_path, arch, kd, mode)
     assert r.steps == 6
     model, tok, meta = load_model_dir(run / f"{arch}_{kd}")
     assert meta["kd"] == kd and meta["model_type"] == arch
-    assert type(model).__name__ == {"student_rnn": "RNNStudent", "student_cnn": "CNNStudent"}[arch]
+    assert type(model).__name__ == {"student_rnn": "RNNStudent", "student_cnn": "CNNStudent",
+                                     "student_transformer": "TransformerTeacher"}[arch]
     if mode == "offline":
         assert list((run / "distill").glob("topk_distill_k5_T1/index.json"))
 

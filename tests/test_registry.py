@@ -46,14 +46,20 @@ def fake():
 
 
 def test_builtin_entries():
-    assert architecture_names()[:3] == ("teacher", "student_rnn", "student_cnn")
+    assert architecture_names()[:4] == ("teacher", "student_rnn", "student_cnn", "student_transformer")
     assert architecture_names("teacher")[:1] == ("teacher",)
     assert get_architecture("teacher").config is TransformerConfig
     assert get_architecture("student_rnn").config is RNNConfig
     assert get_architecture("student_cnn").config is CNNConfig
     # every built-in section is a typed field of ModelConfig, and nothing else is
     assert ModelConfig.builtin_sections() == {a: get_architecture(a).config
-                                              for a in ("teacher", "student_rnn", "student_cnn")}
+                                              for a in ("teacher", "student_rnn", "student_cnn",
+                                                        "student_transformer")}
+    # the Transformer student: the teacher's model class and config fields, a student's defaults
+    st = get_architecture("student_transformer")
+    assert st.role == "student" and st.model_class() is get_architecture("teacher").model_class()
+    assert issubclass(st.config, TransformerConfig) and "ctranslate2" in st.exports
+    assert (st.config().encoder_layers, st.config().decoder_layers) == (6, 1)
     assert "tflite" not in get_architecture("teacher").exports
     assert "ctranslate2" in get_architecture("teacher").exports  # CTranslate2 takes the teacher
     assert all(set(EXPORT_FORMATS) - {"ctranslate2"} == set(get_architecture(a).exports)
@@ -79,8 +85,9 @@ def test_builtin_model_kwargs_are_the_old_hand_mapping():
 
 def test_the_config_of_builtins_is_unchanged():
     tree = config_to_dict(config_from_dict({}))
-    assert list(tree["model"]) == ["max_positions", "teacher", "student_rnn", "student_cnn"]
-    with pytest.raises(ConfigError, match="known keys: max_positions, teacher, student_rnn, student_cnn$"):
+    assert list(tree["model"]) == ["max_positions", "teacher", "student_rnn", "student_cnn",
+                                   "student_transformer"]
+    with pytest.raises(ConfigError, match="known keys: max_positions, teacher, student_rnn, student_cnn, student_transformer$"):
         config_from_dict({"model": {"others": []}})
 
 
@@ -97,12 +104,12 @@ def test_a_registered_architecture_has_its_own_config_section(fake):
         config_from_dict({"model": {"student_fake": {"width": "wide"}}})
     with pytest.raises(ConfigError, match="unknown key 'widht' in section 'model.student_fake'"):
         config_from_dict({"model": {"student_fake": {"widht": 3}}})
-    with pytest.raises(ConfigError, match="known keys: .*student_cnn, student_fake"):
+    with pytest.raises(ConfigError, match="known keys: .*student_transformer, student_fake"):
         config_from_dict({"model": {"student_fak": {}}})
 
 
 def test_students_must_name_a_registered_student(fake):
-    with pytest.raises(ConfigError, match="arch must be one of student_rnn, student_cnn, student_fake"):
+    with pytest.raises(ConfigError, match="arch must be one of student_rnn, student_cnn, student_transformer, student_fake"):
         config_from_dict({"pipeline": {"students": [{"name": "t", "arch": "teacher"}]}})
 
 

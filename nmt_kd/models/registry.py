@@ -48,6 +48,7 @@ from nmt_kd.config import (
     CNNConfig,
     ModelConfig,
     RNNConfig,
+    StudentTransformerConfig,
     TransformerConfig,
     register_model_section,
     unregister_model_section,
@@ -58,7 +59,7 @@ ROLES = ("teacher", "student")
 EXPORT_FORMATS = ("savedmodel", "tflite", "bundle", "ctranslate2")  # every `nmt-kd export --format`
 EXPORT_HINTS = {"tflite": " (the TFLite export is for students whose decoding state has a "
                           "fixed size; the teacher's cache grows with the output)",
-                "ctranslate2": " (CTranslate2 takes the Transformer teacher)"}
+                "ctranslate2": " (CTranslate2 takes the Transformer models: teacher, student_transformer)"}
 RESERVED = ("ensemble",)  # model_type of an ensemble directory
 
 
@@ -256,5 +257,9 @@ register_architecture(Architecture("student_rnn", "student", RNNConfig,
 register_architecture(Architecture("student_cnn", "student", CNNConfig,
                                    "nmt_kd.models.student_cnn:CNNStudent",
                                    kwargs=_with_max_positions, exports=STUDENT_EXPORTS))
+register_architecture(Architecture("student_transformer", "student", StudentTransformerConfig,
+                                   "nmt_kd.models.teacher_transformer:TransformerTeacher",
+                                   kwargs=_teacher_kwargs,
+                                   exports=("savedmodel", "bundle", "ctranslate2")))
 
 ARCHS = architecture_names()  # the built-ins (kept for old imports; use architecture_names())
