@@ -1,6 +1,7 @@
 #!/bin/bash
 # Train every student row of the KD table in docs/benchmarks.md (GRU and CNN students x
-# none / word / seq / seq+word, over seeds), resumably: a finished row (model.keras present) is skipped,
+# none / word / seq / seq+word, the Transformer student x none / seq, over seeds),
+# resumably: a finished row (model.keras present) is skipped,
 # an interrupted one continues from its last checkpoint. Two lanes share the machine and one
 # queue of rows (a flock per row)
 # (on 2 cores, two single-threaded jobs train ~1.3x faster together than one 2-thread job).
@@ -37,6 +38,9 @@ CNN_STEPS=${CNN_STEPS:-3000}
 rnn_row() {  # kd seed: RUN/rnn_<kd>.seed<seed>
   row "rnn_${1/+/}.seed$2" student_rnn "$1" --set student_train.seed="$2"
 }
+tf_row() {  # kd seed: RUN/tf_<kd>.seed<seed>, the Transformer student (6+1 layers), 5,000 updates
+  row "tf_${1/+/}.seed$2" student_transformer "$1" --set student_train.seed="$2"
+}
 cnn_row() {  # kd seed: RUN/cnn_<kd>.seed<seed>, CNN_STEPS updates
   row "cnn_${1/+/}.seed$2" student_cnn "$1" --set student_train.max_steps="$CNN_STEPS" \
       --set student_train.seed="$2"
@@ -44,6 +48,7 @@ cnn_row() {  # kd seed: RUN/cnn_<kd>.seed<seed>, CNN_STEPS updates
 rows() {
   for seed in 1 2 3; do
     for kd in seq none seq+word word; do rnn_row "$kd" "$seed"; done
+    for kd in seq none; do tf_row "$kd" "$seed"; done
     for kd in seq none; do cnn_row "$kd" "$seed"; done
     if [ "$seed" = 1 ]; then
       for kd in seq+word word; do cnn_row "$kd" 1; done
