@@ -247,11 +247,11 @@ def _with_max_positions(section, mcfg: ModelConfig) -> dict:
 
 
 STUDENT_EXPORTS = ("savedmodel", "tflite", "bundle")
+TRANSFORMER_EXPORTS = ("savedmodel", "bundle", "ctranslate2")  # the teacher's model class, either role
 
 register_architecture(Architecture("teacher", "teacher", TransformerConfig,
                                    "nmt_kd.models.teacher_transformer:TransformerTeacher",
-                                   kwargs=_teacher_kwargs,
-                                   exports=("savedmodel", "bundle", "ctranslate2")))
+                                   kwargs=_teacher_kwargs, exports=TRANSFORMER_EXPORTS))
 register_architecture(Architecture("student_rnn", "student", RNNConfig,
                                    "nmt_kd.models.student_rnn:RNNStudent", exports=STUDENT_EXPORTS))
 register_architecture(Architecture("student_cnn", "student", CNNConfig,
@@ -259,7 +259,6 @@ register_architecture(Architecture("student_cnn", "student", CNNConfig,
                                    kwargs=_with_max_positions, exports=STUDENT_EXPORTS))
 register_architecture(Architecture("student_transformer", "student", StudentTransformerConfig,
                                    "nmt_kd.models.teacher_transformer:TransformerTeacher",
-                                   kwargs=_teacher_kwargs,
-                                   exports=("savedmodel", "bundle", "ctranslate2")))
+                                   kwargs=_teacher_kwargs, exports=TRANSFORMER_EXPORTS))
 
 ARCHS = architecture_names()  # the built-ins (kept for old imports; use architecture_names())
