@@ -30,20 +30,23 @@ def build(inter_run: Path, out_run: Path, shard_size: int = 2000) -> dict:
     # the distillation's own reader: one checked record per source line, shard by shard
     records = [r for i, (start, end) in enumerate(shard_ranges(len(src), shard_size))
                for r in read_shard(shard_path(inter_run, i), start, end)]
-    out_src, out_tgt, duplicates = [], [], 0
+    out_src, out_tgt, duplicates, empty = [], [], 0, 0
     for i, s in enumerate(src):
         targets: list[str] = []
         for t in (records[i]["nbest"][0][0], records[i]["hyp"], ref[i]):
-            if t.strip() and t not in targets:
-                targets.append(t)
-            else:
+            if not t.strip():
+                empty += 1
+            elif t in targets:
                 duplicates += 1
+            else:
+                targets.append(t)
         out_src += [s] * len(targets)
         out_tgt += targets
     write_lines(out_run / "distill/train.src", out_src)
     write_lines(out_run / "distill/train.tgt", out_tgt)
     manifest = {"what": "top-1 + seq-inter pick + reference per source, exact duplicates removed",
-                "source_lines": len(src), "lines": len(out_src), "duplicates_removed": duplicates}
+                "source_lines": len(src), "lines": len(out_src), "duplicates_removed": duplicates,
+                "empty_targets_skipped": empty}
     write_json(out_run / "distill/manifest.json", manifest)
     return manifest
 

@@ -194,3 +194,27 @@ def test_run_archive_keeps_the_distilled_corpus_and_puts_it_back_for_adopt(tmp_p
     proc = _run(script, "restore", "--run-dir", tmp_path / "other", "--archive", archive)
     assert proc.returncode != 0 and "changed since it was archived" in proc.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_multi_target_corpus_counts_duplicates_and_empty_targets_apart(tmp_path):
+    inter, out = tmp_path / "KI", tmp_path / "KM"
+    (inter / "data").mkdir(parents=True)
+    (inter / "distill/shards").mkdir(parents=True)
+    (inter / "data/train.src").write_text("s0\ns1\ns2\n", encoding="utf-8")
+    (inter / "data/train.tgt").write_text("r0\nr1\nr2\n", encoding="utf-8")
+    records = [  # line 0: three distinct; line 1: top-1 == pick; line 2: an empty top-1
+        {"i": 0, "nbest": [["a0", -1.0]], "hyp": "b0"},
+        {"i": 1, "nbest": [["a1", -1.0]], "hyp": "a1"},
+        {"i": 2, "nbest": [["", -1.0]], "hyp": "b2"},
+    ]
+    (inter / "distill/shards/shard-00000.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    proc = _run(REPO / "benchmarks/multi_target_corpus.py", "--inter-run", inter, "--out-run", out)
+    assert proc.returncode == 0, proc.stderr
+    src = (out / "distill/train.src").read_text(encoding="utf-8").splitlines()
+    tgt = (out / "distill/train.tgt").read_text(encoding="utf-8").splitlines()
+    assert list(zip(src, tgt)) == [("s0", "a0"), ("s0", "b0"), ("s0", "r0"), ("s1", "a1"),
+                                   ("s1", "r1"), ("s2", "b2"), ("s2", "r2")]
+    manifest = json.loads((out / "distill/manifest.json").read_text())
+    assert manifest["duplicates_removed"] == 1 and manifest["empty_targets_skipped"] == 1
+    assert manifest["lines"] == 7 and manifest["source_lines"] == 3
