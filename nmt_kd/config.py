@@ -348,6 +348,9 @@ class StudentSpec:
     arch: str = "student_rnn"  # a registered student architecture: student_rnn | student_cnn | ...
     kd: str = "seq"  # a mode of KD_MODES: none | word | seq | seq+word
     max_steps: int | None = None  # this student's student_train.max_steps (None: the section's)
+    # this student's student_train.average_last: its final model is the mean of its last K
+    # checkpoints instead of the best one (None: the section's)
+    average_last: int | None = None
     # one model per seed, each in RUN/<name>.seed<k>/ and trained with student_train.seed=k;
     # empty: one model in RUN/<name>/ with student_train.seed
     seeds: tuple[int, ...] = ()
@@ -357,6 +360,8 @@ class StudentSpec:
         _one_of("pipeline.students[].kd", self.kd, tuple(KD_MODES))
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"pipeline.students[].max_steps must be >= 1, got {self.max_steps}")
+        if self.average_last is not None and self.average_last < 0:
+            raise ConfigError(f"pipeline.students[].average_last must be >= 0, got {self.average_last}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"pipeline.students[].seeds of {self.name!r} repeats a seed: {list(self.seeds)}")
         if ".seed" in self.name:

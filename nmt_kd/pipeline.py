@@ -83,15 +83,26 @@ def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
 
 
 def _student_config(cfg: Config, spec, seed: int | None = None) -> Config:
-    """`cfg` with this student's own step budget and seed, where it has them."""
+    """`cfg` with this student's own step budget, checkpoint averaging and seed, where it has them."""
     changes = {}
     if spec.max_steps is not None:
         changes["max_steps"] = spec.max_steps
+    if spec.average_last is not None:
+        changes["average_last"] = spec.average_last
     if seed is not None:
         changes["seed"] = seed
     if not changes:
         return cfg
     return dataclasses.replace(cfg, student_train=dataclasses.replace(cfg.student_train, **changes))
+
+
+def _spec_dict(spec) -> dict:
+    """The student spec as its stage hashes it; `average_last` only where it is set, so the
+    run directories made before the key existed keep their hashes."""
+    d = config_to_dict(spec)
+    if d.get("average_last") is None:
+        d.pop("average_last", None)
+    return d
 
 
 def teacher_names(cfg: Config) -> list[tuple[str, int | None]]:
@@ -248,7 +259,7 @@ def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
             inputs += _weights(cfg, run, teacher.name)
         for name, seed in spec.model_names():
             scfg = _student_config(cfg, spec, seed)
-            depends = {"spec": config_to_dict(spec), "model": config_to_dict(cfg.model.section(spec.arch)),
+            depends = {"spec": _spec_dict(spec), "model": config_to_dict(cfg.model.section(spec.arch)),
                        "max_positions": c["model"]["max_positions"], "train": c["student_train"],
                        "distill": _distill_section(c, corpus=KD_MODES[spec.kd].distilled, word=word)
                        if spec.kd != "none" else None,

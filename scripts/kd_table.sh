@@ -38,8 +38,10 @@ CNN_STEPS=${CNN_STEPS:-3000}
 rnn_row() {  # kd seed: RUN/rnn_<kd>.seed<seed>
   row "rnn_${1/+/}.seed$2" student_rnn "$1" --set student_train.seed="$2"
 }
-tf_row() {  # kd seed: RUN/tf_<kd>.seed<seed>, the Transformer student (6+1 layers), 5,000 updates
-  row "tf_${1/+/}.seed$2" student_transformer "$1" --set student_train.seed="$2"
+tf_row() {  # kd seed: RUN/tf_<kd>.seed<seed>, the Transformer student (6+1 layers), 5,000 updates,
+  # the final model the mean of the last 5 checkpoints (pipeline.students[].average_last)
+  row "tf_${1/+/}.seed$2" student_transformer "$1" --set student_train.seed="$2" \
+      --set student_train.average_last=5
 }
 cnn_row() {  # kd seed: RUN/cnn_<kd>.seed<seed>, CNN_STEPS updates
   row "cnn_${1/+/}.seed$2" student_cnn "$1" --set student_train.max_steps="$CNN_STEPS" \

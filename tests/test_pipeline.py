@@ -329,3 +329,30 @@ def test_a_stage_done_under_the_earlier_distill_hash_stays_done(pipeline_tree, t
         write_json(stage.out_dir / "done.json", {"stage": name, "hash": old, "finished": "earlier"})
         assert _run_stage(stage, run, (), False, quiet) is False
         assert read_json(stage.out_dir / "done.json")["hash"] == new  # recorded under the new hash
+
+
+def test_student_average_last_reaches_training_and_old_hashes_stay(pipeline_tree, tmp_path, monkeypatch):
+    """A student's `average_last` becomes its student_train.average_last; a student without it
+    hashes its spec exactly as before the key existed (its run directory is not started over)."""
+    import nmt_kd.train
+    from nmt_kd.errors import ConfigError
+    from nmt_kd.pipeline import build_stages
+
+    seen = {}
+    monkeypatch.setattr(nmt_kd.train, "train_model",
+                        lambda cfg, run, arch, name, **kw: seen.setdefault(name, cfg.student_train.average_last))
+    tree = copy.deepcopy(pipeline_tree)
+    tree["student_train"]["average_last"] = 0
+    tree["pipeline"]["students"] = [
+        {"name": "tf_none", "arch": "student_rnn", "kd": "none", "average_last": 5},
+        {"name": "rnn_none", "arch": "student_rnn", "kd": "none", "max_steps": 2}]
+    stages = {s.name: s for s in build_stages(config_from_dict(tree), tmp_path / "run", quiet)}
+    for name in ("student tf_none", "student rnn_none"):
+        stages[name].run()
+    assert seen == {"tf_none": 5, "rnn_none": 0}
+    assert stages["student tf_none"].config["spec"]["average_last"] == 5
+    assert stages["student rnn_none"].config["spec"] == {
+        "name": "rnn_none", "arch": "student_rnn", "kd": "none", "max_steps": 2, "seeds": []}
+    with pytest.raises(ConfigError, match="average_last must be >= 0"):
+        tree["pipeline"]["students"][0]["average_last"] = -1
+        config_from_dict(tree)
