@@ -213,7 +213,7 @@ def test_multi_target_corpus_counts_duplicates_and_empty_targets_apart(tmp_path)
     assert proc.returncode == 0, proc.stderr
     src = (out / "distill/train.src").read_text(encoding="utf-8").splitlines()
     tgt = (out / "distill/train.tgt").read_text(encoding="utf-8").splitlines()
-    assert list(zip(src, tgt)) == [("s0", "a0"), ("s0", "b0"), ("s0", "r0"), ("s1", "a1"),
+    assert list(zip(src, tgt, strict=True)) == [("s0", "a0"), ("s0", "b0"), ("s0", "r0"), ("s1", "a1"),
                                    ("s1", "r1"), ("s2", "b2"), ("s2", "r2")]
     manifest = json.loads((out / "distill/manifest.json").read_text())
     assert manifest["duplicates_removed"] == 1 and manifest["empty_targets_skipped"] == 1
