@@ -24,6 +24,9 @@ export PYTHONPATH="$SRC_COPY" TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1
 row() {  # name model kd [extra args]: skipped when finished or when another lane holds it
   local name=$1 model=$2 kd=$3; shift 3
   if [ -f "$RUN/$name/model.keras" ]; then echo "$name: done"; return; fi
+  # a row evaluated on an earlier machine and restored from docs/archive/ (scripts/run_archive.py
+  # restore) has its evaluation but no weights: done too, never trained again
+  if [ -f "$RUN/eval/$name/done.json" ]; then echo "$name: done (evaluated; restored from the archive)"; return; fi
   ( flock -n 9 || { echo "$name: taken by the other lane"; exit 0; }
     echo "$name: training ($(date +%H:%M))"
     "$PY" -P -m nmt_kd.cli train -c "$CONFIG" --run-dir "$RUN" --model "$model" --kd "$kd" \

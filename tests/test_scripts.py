@@ -111,12 +111,16 @@ def test_kd_table_script_trains_each_row_once_with_its_settings(tmp_path):
     assert "cnn_none.seed2: failed" in first.stdout  # a failed row is said, and the queue goes on
     # every row: the finished ones are skipped, the failed one is tried again, word-KD rows now run
     calls.unlink()
+    # a row restored from the archive on a new machine: evaluated, no weights; never trained again
+    (run / "eval/rnn_word.seed1").mkdir(parents=True)
+    (run / "eval/rnn_word.seed1/done.json").write_text("{}")
     again = kd_table("rows")
     assert again.returncode == 0, again.stderr
     names = [line.split("--name ")[1].split()[0] for line in calls.read_text().splitlines()]
     assert "rnn_seq.seed1" not in names and "cnn_none.seed2" in names
     assert set(names) >= {"rnn_word.seed3", "rnn_seqword.seed1", "cnn_word.seed1", "cnn_seqword.seed1"}
     assert "cnn_word.seed2" not in names and "rnn_seq.seed1: done" in again.stdout
+    assert "rnn_word.seed1" not in names and "rnn_word.seed1: done (evaluated" in again.stdout
 
 
 def test_run_archive_keeps_evaluations_without_weights_and_restores_them(tmp_path):
