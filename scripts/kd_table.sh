@@ -21,33 +21,63 @@ if [ ! -d "$SRC_COPY/nmt_kd" ]; then mkdir -p "$SRC_COPY" && cp -r nmt_kd "$SRC_
 PY=${PYTHON:-python}; [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH="$SRC_COPY" TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1} TF_NUM_INTEROP_THREADS=1
 
-row() {  # name model kd [extra args]: skipped when finished or when another lane holds it
-  local name=$1 model=$2 kd=$3; shift 3
-  if [ -f "$RUN/$name/model.keras" ]; then echo "$name: done"; return; fi
-  # a row evaluated on an earlier machine and restored from docs/archive/ (scripts/run_archive.py
-  # restore) has its evaluation but no weights: done too, never trained again
-  if [ -f "$RUN/eval/$name/done.json" ]; then echo "$name: done (evaluated; restored from the archive)"; return; fi
+# Sessions that end (a machine lent for a few hours, a pre-emptible node): with DEADLINE (epoch
+# seconds, e.g. DEADLINE=$(date -d '+2 hours 40 minutes' +%s)) a row not yet begun starts only if
+# its estimated minutes end before it (MIN_RNN, MIN_TF, MIN_CNN, and MIN_WORD more for a row
+# with word-KD: one lane, one thread, on the 2-core CPU of docs/benchmarks.md, evaluation
+# included); a begun row (RUN/<row>/checkpoints) always resumes. With EVAL=1 each trained row is
+# evaluated at once by the pipeline (`nmt-kd pipeline --adopt --only ROW`: test and valid,
+# greedy and beam, the blind sets), and with ARCHIVE=DIR also archived there
+# (scripts/run_archive.py save), so a session keeps every row it finished.
+MIN_RNN=${MIN_RNN:-80} MIN_TF=${MIN_TF:-95} MIN_CNN=${MIN_CNN:-60} MIN_WORD=${MIN_WORD:-60}
+evaluate() {  # name: the pipeline's evaluation of a trained row (EVAL=1), then its archive copy
+  local name=$1
+  [ "${EVAL:-0}" = 1 ] || return 0
+  "$PY" -P -m nmt_kd.cli pipeline -c "$CONFIG" --run-dir "$RUN" --adopt --only "$name" \
+      >> "$RUN/logs/$name.eval.log" 2>&1 || { echo "$name: evaluation failed, see $RUN/logs/$name.eval.log"; return 1; }
+  if [ -n "${ARCHIVE:-}" ]; then
+    "$PY" scripts/run_archive.py save --run-dir "$RUN" --archive "$ARCHIVE" "$name" \
+        >> "$RUN/logs/$name.eval.log" 2>&1 || { echo "$name: archiving failed, see $RUN/logs/$name.eval.log"; return 1; }
+  fi
+  echo "$name: evaluated$([ -n "${ARCHIVE:-}" ] && echo ", archived in $ARCHIVE") ($(date +%H:%M))"
+}
+row() {  # name model kd minutes [extra args]: skipped when finished or when another lane holds it
+  local name=$1 model=$2 kd=$3 minutes=$4; shift 4
+  # evaluated: done, whether trained here or restored from docs/archive/ on a new machine
+  # (scripts/run_archive.py restore: the evaluation without the weights); never trained again
+  if [ -f "$RUN/eval/$name/done.json" ]; then echo "$name: done (evaluated)"; return; fi
+  if [ -f "$RUN/$name/model.keras" ] && [ "${EVAL:-0}" != 1 ]; then echo "$name: done"; return; fi
+  if [ -n "${DEADLINE:-}" ] && [ ! -f "$RUN/$name/model.keras" ] && [ ! -d "$RUN/$name/checkpoints" ] \
+      && [ $(( $(date +%s) + minutes * 60 )) -gt "$DEADLINE" ]; then
+    echo "$name: not started (~$minutes min would end after DEADLINE)"; return
+  fi
   ( flock -n 9 || { echo "$name: taken by the other lane"; exit 0; }
-    echo "$name: training ($(date +%H:%M))"
-    "$PY" -P -m nmt_kd.cli train -c "$CONFIG" --run-dir "$RUN" --model "$model" --kd "$kd" \
-        --name "$name" --resume "$@" >> "$RUN/logs/$name.log" 2>&1 \
-      || echo "$name: failed, see $RUN/logs/$name.log"
+    if [ ! -f "$RUN/$name/model.keras" ]; then
+      echo "$name: training ($(date +%H:%M))"
+      "$PY" -P -m nmt_kd.cli train -c "$CONFIG" --run-dir "$RUN" --model "$model" --kd "$kd" \
+          --name "$name" --resume "$@" >> "$RUN/logs/$name.log" 2>&1 \
+        || { echo "$name: failed, see $RUN/logs/$name.log"; exit 0; }
+    fi
+    evaluate "$name"
   ) 9> "$RUN/logs/$name.lock"
+}
+word_minutes() {  # kd base: the estimate of a row
+  case $1 in *word*) echo $(( $2 + MIN_WORD ));; *) echo "$2";; esac
 }
 # The CNN rows get 3,000 steps each (the GRU rows 5,000): the same budget within an architecture.
 # Every row a claim rests on has three seeds (RUN/<row>.seed<k>, as the pipeline names them);
 # the CNN word and seq+word rows one. Seed 1 of every row first, so a partial run is a table.
 CNN_STEPS=${CNN_STEPS:-3000}
 rnn_row() {  # kd seed: RUN/rnn_<kd>.seed<seed>
-  row "rnn_${1/+/}.seed$2" student_rnn "$1" --set student_train.seed="$2"
+  row "rnn_${1/+/}.seed$2" student_rnn "$1" "$(word_minutes "$1" "$MIN_RNN")" --set student_train.seed="$2"
 }
 tf_row() {  # kd seed: RUN/tf_<kd>.seed<seed>, the Transformer student (6+1 layers), 5,000 updates,
   # the final model the mean of the last 5 checkpoints (pipeline.students[].average_last)
-  row "tf_${1/+/}.seed$2" student_transformer "$1" --set student_train.seed="$2" \
+  row "tf_${1/+/}.seed$2" student_transformer "$1" "$(word_minutes "$1" "$MIN_TF")" --set student_train.seed="$2" \
       --set student_train.average_last=5
 }
 cnn_row() {  # kd seed: RUN/cnn_<kd>.seed<seed>, CNN_STEPS updates
-  row "cnn_${1/+/}.seed$2" student_cnn "$1" --set student_train.max_steps="$CNN_STEPS" \
+  row "cnn_${1/+/}.seed$2" student_cnn "$1" "$(word_minutes "$1" "$MIN_CNN")" --set student_train.max_steps="$CNN_STEPS" \
       --set student_train.seed="$2"
 }
 rows() {
@@ -68,7 +98,7 @@ SWEEP_STEPS=${SWEEP_STEPS:-2000}
 word_sweep() {
   for a in 0.5 0.9; do
     for t in 1 2; do
-      row "sweep_rnn_word_a${a}_T$t" student_rnn word --set student_train.max_steps="$SWEEP_STEPS" \
+      row "sweep_rnn_word_a${a}_T$t" student_rnn word "$MIN_RNN" --set student_train.max_steps="$SWEEP_STEPS" \
           --set student_train.seed=1 --set distill.alpha="$a" --set distill.temperature="$t"
     done
   done

@@ -76,8 +76,12 @@ def test_prepare_corpus_writes_data_vocab_and_a_config_that_loads(tmp_path):
 FAKE_TRAINER = """#!/bin/bash
 # stands in for `python -P -m nmt_kd.cli train ...`: logs its arguments, "trains" the named row
 # (writes RUN/NAME/model.keras) unless the name is in $FAIL_ROWS
+# (writes RUN/eval/ROW/done.json for `pipeline --only ROW`; logs `scripts/run_archive.py save`)
 args="$*"; name=${args##*--name }; name=${name%% *}; run=${args##*--run-dir }; run=${run%% *}
 echo "$args" >> "$CALLS"
+case "$args" in *run_archive.py*) exit 0;; esac
+case "$args" in *" pipeline "*) only=${args##*--only }; mkdir -p "$run/eval/$only"
+  touch "$run/eval/$only/done.json"; exit 0;; esac
 case " $FAIL_ROWS " in *" $name "*) exit 1;; esac
 mkdir -p "$run/$name" && touch "$run/$name/model.keras"
 """
@@ -120,7 +124,47 @@ def test_kd_table_script_trains_each_row_once_with_its_settings(tmp_path):
     assert "rnn_seq.seed1" not in names and "cnn_none.seed2" in names
     assert set(names) >= {"rnn_word.seed3", "rnn_seqword.seed1", "cnn_word.seed1", "cnn_seqword.seed1"}
     assert "cnn_word.seed2" not in names and "rnn_seq.seed1: done" in again.stdout
-    assert "rnn_word.seed1" not in names and "rnn_word.seed1: done (evaluated" in again.stdout
+    assert "rnn_word.seed1" not in names and "rnn_word.seed1: done (evaluated)" in again.stdout
+
+
+def test_kd_table_script_keeps_to_the_deadline_and_evaluates_each_row(tmp_path):
+    """DEADLINE: a row is not begun when its estimate would end after it (a begun one resumes);
+    EVAL=1 ARCHIVE=DIR: each trained row is evaluated by the pipeline and archived at once, and a
+    row trained but not yet evaluated is evaluated, not trained again."""
+    import time
+
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_TRAINER)
+    fake.chmod(0o755)
+    run, calls = tmp_path / "run", tmp_path / "calls.txt"
+    (run / "tf_none.seed1/checkpoints").mkdir(parents=True)  # begun in this session: resumes
+    (run / "cnn_seq.seed1").mkdir(parents=True)
+    (run / "cnn_seq.seed1/model.keras").write_text("trained, not evaluated")
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "RUN": str(run), "CALLS": str(calls),
+           "SRC_COPY": str(tmp_path / "src"), "FAIL_ROWS": "", "EVAL": "1", "ARCHIVE": str(tmp_path / "arch"),
+           "DEADLINE": str(int(time.time()) + 60 * 60), "MIN_RNN": "20", "MIN_CNN": "20", "MIN_TF": "90",
+           "MIN_WORD": "50"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "kd_table.sh"), "rows"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = calls.read_text().splitlines()
+    trained = [x.split("--name ")[1].split()[0] for x in lines if " train " in f" {x} "]
+    evaluated = [x.split("--only ")[1].split()[0] for x in lines if " pipeline " in f" {x} "]
+    archived = [x.split()[-1] for x in lines if "run_archive.py save" in x]
+    assert "tf_none.seed1" in trained and "tf_seq.seed1" not in trained  # 90 min > the hour left
+    assert "tf_seq.seed1: not started" in proc.stdout
+    assert "rnn_seq.seed1" in trained and "rnn_word.seed1" not in trained  # word: 20 + 50 min
+    assert "cnn_seq.seed1" not in trained and "cnn_seq.seed1" in evaluated  # evaluated only
+    assert set(evaluated) == set(trained) | {"cnn_seq.seed1"} and evaluated == archived
+    for name in evaluated:  # each row evaluated right after its training, before the next trains
+        i = next(k for k, x in enumerate(lines) if f"--only {name}" in x)
+        assert f"--name {name} " in lines[i - 1] + " " or name == "cnn_seq.seed1"
+    calls.unlink()  # again: everything evaluated is done, nothing trains twice
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "kd_table.sh"), "rows"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    again = calls.read_text().splitlines() if calls.exists() else []
+    trained_again = [x.split("--name ")[1].split()[0] for x in again if " train " in f" {x} "]
+    assert not set(trained_again) & set(trained) and "rnn_seq.seed1: done (evaluated)" in proc.stdout
 
 
 def test_run_archive_keeps_evaluations_without_weights_and_restores_them(tmp_path):
