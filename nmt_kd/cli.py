@@ -113,7 +113,7 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     name = args.name or (args.model if args.kd == "none" else f"{args.model}_{args.kd.replace('+', '_')}")
     train_model(cfg, _run_dir(args, cfg), arch=args.model, name=name, kd=args.kd,
-                resume=args.resume, teacher_dir=args.teacher)
+                resume=args.resume, teacher_dir=args.teacher, init_from=args.init_from)
     return 0
 
 
@@ -364,6 +364,10 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--teacher", help="teacher model or ensemble directory for word-KD "
                    "(default: the config's KD teacher: RUN/teacher, or RUN/teacher_ensemble with "
                    "pipeline.kd_teacher: ensemble)")
+    p.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="continued training: start from this trained model directory's weights "
+                   "(same architecture, shape and tokenizer; the optimizer and schedule start at "
+                   "step 0); a resumed checkpoint takes precedence")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("average", help="average a model's last K checkpoints into a new model directory")

@@ -232,3 +232,43 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_run, tmp_path):
     b, _, _ = load_model_dir(run_b / "teacher")
     for va, vb in zip(a.weights, b.weights, strict=True):
         np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_continued_training_starts_from_a_trained_models_weights(tiny_run, tmp_path):
+    """--init-from: a new run starts from a trained model's weights (its first validation is
+    that model's, not a fresh one's) with the optimizer at step 0; a model of another shape
+    or tokenizer is refused with its directory named; a resumed checkpoint takes precedence."""
+    run, tree = fresh_run(tiny_run, tmp_path)
+    tree["train"].update(max_steps=40, eval_every=0)
+    first = train_model(config_from_dict(tree), run, "teacher", name="first", log=quiet)
+    trained = first.history[-1]["valid_loss"]
+    tree["train"].update(max_steps=1, eval_every=1, learning_rate=1e-9, warmup_steps=1)
+    cont = train_model(config_from_dict(tree), run, "teacher", name="cont", init_from=run / "first",
+                       log=quiet)
+    fresh = train_model(config_from_dict(tree), run, "teacher", name="fresh", log=quiet)
+    # one update at lr 1e-9 changes nothing: the continued run validates as the trained model
+    assert cont.history[0]["valid_loss"] == pytest.approx(trained, rel=1e-3)
+    assert fresh.history[0]["valid_loss"] > trained + 0.5
+    meta = json.loads((run / "cont/model.json").read_text())
+    assert meta["init_from"] == str(run / "first") and meta["init_from_steps"] == 40
+    assert meta["steps"] == 1  # its own count: the optimizer started at step 0
+    # resumed: the checkpoint wins, not the init model (an untrained one here would be worse)
+    tree["train"]["max_steps"] = 2
+    again = train_model(config_from_dict(tree), run, "teacher", name="cont", resume=True,
+                        init_from=run / "fresh", log=quiet)
+    assert again.steps == 2 and again.history[-1]["valid_loss"] == pytest.approx(trained, rel=1e-2)
+    bad = copy.deepcopy(tree)
+    bad["model"]["teacher"]["ff_dim"] = bad["model"]["teacher"].get("ff_dim", 64) * 2
+    with pytest.raises(UserError, match="first: its weights do not fit"):
+        train_model(config_from_dict(bad), run, "teacher", name="bad", init_from=run / "first", log=quiet)
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in ("model.keras", "model.json"):
+        (other / f).write_bytes((run / "first" / f).read_bytes())
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb  # another tokenizer, same size:
+    proto = spm_pb.ModelProto()                                  # one piece's score changed
+    proto.ParseFromString((run / "first/spm.model").read_bytes())
+    proto.pieces[len(proto.pieces) // 2].score -= 1.0
+    (other / "spm.model").write_bytes(proto.SerializeToString())
+    with pytest.raises(UserError, match="other/spm.model: not this run's tokenizer"):
+        train_model(config_from_dict(tree), run, "teacher", name="other", init_from=other, log=quiet)

@@ -119,11 +119,12 @@ class Trainer:
                  resume: bool = False, log: Callable[[str], None] = print,
                  loss_fn: LossFn | None = None, distilled_data: bool = False,
                  meta: dict | None = None, teacher_dir=None, strategy=None, role=None,
-                 input_path: str = "shards"):
+                 input_path: str = "shards", init_from: str | Path | None = None):
         self.cfg, self.run_dir, self.arch, self.name, self.kd = cfg, Path(run_dir), arch, name, kd
         self.resume, self.log, self.loss_fn, self.meta = resume, log, loss_fn, meta
         self.teacher_dir, self.strategy, self.role = teacher_dir, strategy, role or Role()
         self.input_path = input_path
+        self.init_from = Path(init_from) if init_from else None
         self.tc = train_section(cfg, arch)
         self.out = self.run_dir / name
         self.distilled = distilled_data or kd_mode(kd).distilled
@@ -207,8 +208,34 @@ class Trainer:
                 s.train_curve = [h for h in saved.get("train", []) if h["step"] <= step]
             self.log(f"train {self.name}: resumed from {latest} at step {step}, epoch "
                      f"{int(s.epoch.numpy())}, batch {int(s.batch.numpy())}")
+        elif self.init_from is not None:
+            self._init_weights(self.init_from)
         if self.role.is_chief:
             save_config(self.cfg, self.out / "config.yaml")
+
+    def _init_weights(self, model_dir: Path) -> None:
+        """Continued training (`init_from`): the weights of a trained model directory of the
+        same architecture, shape and tokenizer; the optimizer and the learning-rate schedule
+        start at step 0. A resumed run takes its checkpoint instead."""
+        from nmt_kd.fileio import sha256_file
+        from nmt_kd.models.persistence import load_model_dir
+
+        model, tokenizer, meta = load_model_dir(model_dir)
+        if sha256_file(tokenizer.model_path) != sha256_file(self.tokenizer.model_path):
+            raise UserError(f"{model_dir / 'spm.model'}: not this run's tokenizer "
+                            f"({self.tokenizer.model_path}); a model continues training only with "
+                            "the vocabulary it was trained with (start the run from its bundle: train.init)")
+        if meta.get("model_type", self.arch) != self.arch:
+            raise UserError(f"{model_dir}: a {meta['model_type']} model; this run trains {self.arch}")
+        try:
+            self.model.set_weights(model.get_weights())
+        except ValueError as e:
+            raise UserError(f"{model_dir}: its weights do not fit this run's {self.arch} "
+                            f"(config model.{self.arch} must give the same shape): {e}") from None
+        self.meta = dict(self.meta or {}, init_from=str(model_dir),
+                         init_from_steps=meta.get("steps"))
+        self.log(f"train {self.name}: weights from {model_dir} ({self.model.count_params():,} "
+                 f"parameters, {meta.get('steps', '?')} steps there); optimizer and schedule start at step 0")
 
     # -- run -----------------------------------------------------------------------------
 
@@ -435,6 +462,7 @@ def train_model(
     kd: str = "none", resume: bool = False, log: Callable[[str], None] = print,
     loss_fn: LossFn | None = None, distilled_data: bool = False, meta: dict | None = None,
     teacher_dir: str | Path | None = None, input_path: str = "shards",
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train `arch` on the run's data; the final model goes to RUN/<name>/.
 
@@ -443,7 +471,9 @@ def train_model(
     (default RUN/teacher), online on each batch or, with `distill.teacher_mode: offline`,
     through a stored top-k (`nmt_kd.topk`). `loss_fn(logits, tgt_out, src, tgt_in) ->
     (loss_sum, n_tokens)` replaces the loss (tests inject faults with it). `input_path`: see
-    `nmt_kd.training.data.training_stream`.
+    `nmt_kd.training.data.training_stream`. `init_from`: a trained model directory whose
+    weights the model starts from (continued training, e.g. a teacher on more data or a
+    longer budget); ignored when a checkpoint is resumed.
     """
     tc = train_section(cfg, arch)
     # created first: MultiWorkerMirroredStrategy must exist before any other TF op runs
@@ -453,4 +483,4 @@ def train_model(
         log = lambda _m: None  # noqa: E731  (the chief reports for the job)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         return Trainer(cfg, Path(run_dir), arch, name or arch, kd, resume, log, loss_fn,
-                       distilled_data, meta, teacher_dir, strategy, role, input_path).run()
+                       distilled_data, meta, teacher_dir, strategy, role, input_path, init_from).run()
