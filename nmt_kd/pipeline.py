@@ -50,6 +50,9 @@ class Stage:
     # the config this stage was hashed with by an earlier version of nmt-kd, where it differs:
     # a run directory made then is still taken as done (or resumed), not started over
     legacy_config: dict | None = None
+    # files that must exist before it runs (made by earlier stages) though its output does not
+    # depend on their bytes: they order the lanes, they are not hashed
+    after: list[Path] = field(default_factory=list)
 
 
 def _hash_inputs(paths: list[Path], run: Path | None = None) -> dict[str, str]:
@@ -339,7 +342,7 @@ def _start_from_bundles(cfg: Config, run: Path, stages: list[Stage], log: Callab
             stages[2 + i], config={"init": one if len(inits) > 1 else depends,
                                    "decode": stages[2 + i].config["decode"]},
             inputs=[path], run=lambda path=path, sha=sha, name=name: teacher(path, sha, name),
-            resumable=False)
+            resumable=False, after=_data_files(run))  # its held-out check reads the splits
 
 
 def evaluate_all(cfg: Config, run: Path, name: str, log: Callable[[str], None]) -> list[dict]:
@@ -465,7 +468,7 @@ def _only(cfg: Config, stages: list[Stage], only: tuple[str, ...], log: Callable
 def _producers(stage: Stage, pending: list[Stage]) -> list[Stage]:
     """The stages still pending in this lane that write a file `stage` reads."""
     return [s for s in pending if s is not stage
-            and any(p.is_relative_to(s.out_dir) for p in stage.inputs)]
+            and any(p.is_relative_to(s.out_dir) for p in stage.inputs + stage.after)]
 
 
 @contextlib.contextmanager

@@ -86,6 +86,13 @@ def test_pipeline_starts_from_a_bundle_instead_of_training(teacher_bundle, tiny_
     logs = []
     run_pipeline(config_from_dict(tree), run, until="teacher", force=("teacher",), log=logs.append)
     assert any("WARNING" in m and "not with this run's valid and test splits held out" in m for m in logs)
+    # with lanes, a teacher stage taken from a bundle waits for the data: its held-out check
+    # reads the splits (a lane that ran it before `prepare` finished warned falsely)
+    from nmt_kd.pipeline import _producers, build_stages, stage_hash
+    stages = build_stages(config_from_dict(tree), run, lambda _m: None)
+    teacher = next(s for s in stages if s.name == "teacher")
+    assert "prepare" in [s.name for s in _producers(teacher, stages)]
+    assert stage_hash(teacher, run) == read_json(run / "teacher/done.json")["hash"]  # not hashed
     tree["train"]["init_sha256"] = "0" * 64
     with pytest.raises(UserError, match="sha256 is"):
         run_pipeline(config_from_dict(tree), run, until="teacher", log=lambda _m: None)
