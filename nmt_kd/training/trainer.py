@@ -30,8 +30,8 @@ from nmt_kd.config import Config, save_config
 from nmt_kd.dataset import encode_pairs, make_batch, token_batches
 from nmt_kd.distributed import Role, make_strategy, strategy_role
 from nmt_kd.errors import UserError
-from nmt_kd.fileio import read_json, write_json
-from nmt_kd.models.persistence import save_model_dir
+from nmt_kd.fileio import read_json, sha256_file, write_json
+from nmt_kd.models.persistence import load_model_dir, save_model_dir
 from nmt_kd.models.registry import build_model
 from nmt_kd.progress import TrainingProgress
 from nmt_kd.tokenizer import Tokenizer
@@ -217,9 +217,6 @@ class Trainer:
         """Continued training (`init_from`): the weights of a trained model directory of the
         same architecture, shape and tokenizer; the optimizer and the learning-rate schedule
         start at step 0. A resumed run takes its checkpoint instead."""
-        from nmt_kd.fileio import sha256_file
-        from nmt_kd.models.persistence import load_model_dir
-
         model, tokenizer, meta = load_model_dir(model_dir)
         if sha256_file(tokenizer.model_path) != sha256_file(self.tokenizer.model_path):
             raise UserError(f"{model_dir / 'spm.model'}: not this run's tokenizer "
