@@ -61,6 +61,10 @@ def _hash_inputs(paths: list[Path], run: Path | None = None) -> dict[str, str]:
     out = {}
     for p in paths:
         if not p.is_file():
+            if run is not None and not p.resolve().is_relative_to(run.resolve()):
+                # a file the config names (a corpus, a teacher bundle), not one a stage makes
+                raise UserError(f"stage input {p} is missing: a path from the config, read "
+                                f"relative to the working directory {Path.cwd()}")
             raise UserError(f"stage input {p} is missing; an earlier stage did not complete")
         name = str(p)
         if run is not None and p.resolve().is_relative_to(run.resolve()):

@@ -356,3 +356,21 @@ def test_student_average_last_reaches_training_and_old_hashes_stay(pipeline_tree
     with pytest.raises(ConfigError, match="average_last must be >= 0"):
         tree["pipeline"]["students"][0]["average_last"] = -1
         config_from_dict(tree)
+
+
+def test_a_missing_input_says_whether_the_config_or_an_earlier_stage_is_at_fault(tmp_path, monkeypatch):
+    """A corpus path from the config that does not resolve (a relative path read from another
+    working directory) is named as such, not blamed on an earlier stage."""
+    from nmt_kd.pipeline import Stage, stage_hash
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(tmp_path)
+    corpus = Stage(name="prepare", group="prepare", out_dir=run / "data", config={},
+                   inputs=[tmp_path.parent / "elsewhere" / "train.en"])
+    with pytest.raises(UserError, match=rf"a path from the config, read relative to the working directory {tmp_path}"):
+        stage_hash(corpus, run)
+    made = Stage(name="vocab", group="vocab", out_dir=run / "vocab", config={},
+                 inputs=[run / "data" / "train.src"])
+    with pytest.raises(UserError, match="an earlier stage did not complete"):
+        stage_hash(made, run)
