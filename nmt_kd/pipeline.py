@@ -59,17 +59,16 @@ def _hash_inputs(paths: list[Path], run: Path | None = None) -> dict[str, str]:
     """{name: sha256} of a stage's input files; files inside the run directory are named
     relative to it, so a run directory moved or spelt differently keeps its hashes."""
     out = {}
+    root = run.resolve() if run is not None else None
     for p in paths:
+        inside = root is not None and p.resolve().is_relative_to(root)
         if not p.is_file():
-            if run is not None and not p.resolve().is_relative_to(run.resolve()):
+            if root is not None and not inside:
                 # a file the config names (a corpus, a teacher bundle), not one a stage makes
-                raise UserError(f"stage input {p} is missing: a path from the config, read "
-                                f"relative to the working directory {Path.cwd()}")
+                where = "" if p.is_absolute() else f", read relative to the working directory {Path.cwd()}"
+                raise UserError(f"stage input {p} is missing: a path from the config{where}")
             raise UserError(f"stage input {p} is missing; an earlier stage did not complete")
-        name = str(p)
-        if run is not None and p.resolve().is_relative_to(run.resolve()):
-            name = str(p.resolve().relative_to(run.resolve()))
-        out[name] = sha256_file(p)
+        out[str(p.resolve().relative_to(root)) if inside else str(p)] = sha256_file(p)
     return out
 
 

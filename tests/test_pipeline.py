@@ -1,6 +1,8 @@
 import copy
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -367,8 +369,13 @@ def test_a_missing_input_says_whether_the_config_or_an_earlier_stage_is_at_fault
     run.mkdir()
     monkeypatch.chdir(tmp_path)
     corpus = Stage(name="prepare", group="prepare", out_dir=run / "data", config={},
-                   inputs=[tmp_path.parent / "elsewhere" / "train.en"])
-    with pytest.raises(UserError, match=rf"a path from the config, read relative to the working directory {tmp_path}"):
+                   inputs=[Path("../elsewhere/train.en")])
+    with pytest.raises(UserError, match="a path from the config, read relative to the working "
+                                        f"directory {re.escape(str(tmp_path))}"):
+        stage_hash(corpus, run)
+    # an absolute path is not read relative to anything, and the message does not say it is
+    corpus.inputs = [tmp_path.parent / "elsewhere" / "train.en"]
+    with pytest.raises(UserError, match=r"is missing: a path from the config$"):
         stage_hash(corpus, run)
     made = Stage(name="vocab", group="vocab", out_dir=run / "vocab", config={},
                  inputs=[run / "data" / "train.src"])
