@@ -493,7 +493,9 @@ def _add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild RUN/report from the evaluation files (no decoding)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--title")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no test)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples at least (more when many comparisons are made, so "
+                        "that Holm's correction can still reject; 0: no test)")
     p.set_defaults(func=cmd_report)
 
 

@@ -199,10 +199,21 @@ def _comparisons(rows: list[dict], groups: list[dict]) -> list[tuple]:
     return out
 
 
+def bootstrap_resamples(n_comparisons: int, requested: int = 1000) -> int:
+    """Resamples for `n_comparisons` paired bootstrap tests under Holm's correction: at least
+    `requested`, and enough that the test can still reject. A bootstrap p-value cannot fall
+    below about 1/n (n resamples), and Holm multiplies the smallest p by the number of
+    comparisons m, so with n = 1,000 and m >= 50 no difference, however large, could be called
+    significant at ALPHA. This keeps m/n at or below ALPHA/10 (rounded up to thousands)."""
+    need = -(-10 * n_comparisons * 1000 // round(ALPHA * 1000))  # ceil(10 m / ALPHA), in integers
+    return max(requested, -(-need // 1000) * 1000)
+
+
 def significance(run: Path, rows: list[dict], n_samples: int = 1000,
                  groups: list[dict] | None = None) -> list[dict]:
     """Paired bootstrap (sacreBLEU) on the test set for every comparison of `_comparisons`,
-    with Holm's correction over all of them (`p_holm`, `significant` at ALPHA)."""
+    with Holm's correction over all of them (`p_holm`, `significant` at ALPHA). Each test takes
+    `bootstrap_resamples(m, n_samples)` resamples, m the number of comparisons made."""
     from nmt_kd.evaluate import paired_bootstrap
 
     refs = read_lines(run / "data" / "test.tgt")
@@ -212,14 +223,18 @@ def significance(run: Path, rows: list[dict], n_samples: int = 1000,
         r = _pick(rows, name, beam)
         return read_lines(r["hyp_file"]) if r and Path(r["hyp_file"]).is_file() else None
 
-    results = []
+    todo = []
     for base_name, base_beam, name, beam, role, decoding in _comparisons(rows, groups):
         mine, other = hyps(name, beam), hyps(base_name, base_beam)
-        if mine is None or other is None:
-            continue
+        if mine is not None and other is not None:
+            todo.append((base_name, other, name, mine, role, decoding))
+    n = bootstrap_resamples(len(todo), n_samples)
+    results = []
+    for base_name, other, name, mine, role, decoding in todo:
         results.append({"system": name, "row": split_seed(name)[0], "against": base_name,
                         "against_role": role, "decoding": decoding, "split": "test",
-                        **paired_bootstrap((base_name, other), (name, mine), refs, n_samples)})
+                        "bootstrap_resamples": n,
+                        **paired_bootstrap((base_name, other), (name, mine), refs, n)})
     for r, adj in zip(results, holm([r["p_value"] for r in results]), strict=True):
         r["p_holm"] = round(adj, 4)
         r["significant"] = adj < ALPHA
@@ -563,8 +578,8 @@ def build_report(run_dir: str | Path, title: str = "nmt-kd report", bootstrap: i
              + cpuload.describe(loads))
     tables = [(name, fn(groups)) for name, fn in SECTIONS]
     if sig:
-        tables.append(("Paired bootstrap (sacreBLEU), Holm-corrected over all comparisons",
-                       _sig_table(sig)))
+        tables.append((f"Paired bootstrap (sacreBLEU, {sig[0]['bootstrap_resamples']:,} resamples), "
+                       f"Holm-corrected over all {len(sig)} comparisons", _sig_table(sig)))
     md = [f"# {title}", ""] + ([f"**{answer}**", ""] if answer else []) + [intro, ""]
     for name, (head, body) in tables:
         md += [f"## {name}", "", *_md_table(head, body), ""]

@@ -95,11 +95,13 @@ def test_report_rows_over_seeds_ratios_holm_and_self_contained_html(tmp_path):
     assert sig[("rnn_seq.seed1", "rnn_none.seed1", "greedy")]["significant"]  # 15% vs 40% dropped
     assert s["p_kd_vs_none"] == max(sig[(f"rnn_seq.seed{k}", f"rnn_none.seed{k}", "greedy")]["p_holm"]
                                     for k in (1, 2))
-    assert "bs:1000" in metrics["significance"][0]["signature"]
+    # 8 comparisons: 2,000 resamples (bootstrap_resamples), named in the signature and the heading
+    assert len(ps) == 8 and "bs:2000" in metrics["significance"][0]["signature"]
     assert metrics["headline"].startswith("The distilled rnn_seq student (best greedy BLEU on valid;")
     assert "p = " in metrics["headline"]
     md = (run / "report/report.md").read_text()
     assert "| rnn_seq | student_rnn | seq |" in md and "nrefs:1" in md and "## Examples" in md
+    assert "## Paired bootstrap (sacreBLEU, 2,000 resamples), Holm-corrected over all 8 comparisons" in md
     assert "greedy vs teacher greedy bs8" in md and "beam 4 vs teacher beam 4 bs8" in md
     assert "| rnn_seq.seed2 | rnn_seq | 2 |" in md and " ± " in md
     for png in ("bleu_vs_speed.png", "training_curves.png", "bleu_by_length.png"):
@@ -203,3 +205,28 @@ def test_terminal_summary_lists_every_row_the_headline_and_the_report_path(tmp_p
     assert f"{rows['rnn_seq']['mean']['speedup_bs8']:.2f}x" in text
     assert metrics["headline"] in text
     assert text.rstrip().endswith(f"report: {run / 'report/report.html'} (pipeline 1.5 min)")
+
+
+def test_bootstrap_resamples_grow_with_the_comparisons_so_holm_can_reject(tmp_path, monkeypatch):
+    """With 1,000 resamples a bootstrap p is >= ~0.001, and Holm multiplies the smallest by the
+    number of comparisons: at 52 comparisons nothing could be significant at 0.05 however large
+    the difference. `significance` takes enough resamples that the floor does not decide."""
+    import nmt_kd.evaluate
+    from nmt_kd.report import ALPHA, bootstrap_resamples, load_rows, significance
+
+    assert bootstrap_resamples(4) == 1000 and bootstrap_resamples(4, 2000) == 2000
+    assert bootstrap_resamples(42) == 9000 and bootstrap_resamples(52) == 11000
+    for m in range(1, 200):
+        assert m / (bootstrap_resamples(m) + 1) <= ALPHA / 10
+    seen = []
+
+    def floor_p(baseline, system, refs, n_samples):  # every system wins every resample
+        seen.append(n_samples)
+        return {"bleu": 2.0, "baseline_bleu": 1.0, "delta": 1.0, "p_value": 1 / (n_samples + 1),
+                "signature": f"bs:{n_samples}"}
+
+    monkeypatch.setattr(nmt_kd.evaluate, "paired_bootstrap", floor_p)
+    run = fake_run(tmp_path, seeds=range(1, 14))  # 13 seeds x (2 KD pairs + 2 vs teacher) = 52
+    sig = significance(run, load_rows(run), 1000)
+    assert len(sig) == 52 and set(seen) == {bootstrap_resamples(52)}
+    assert all(x["significant"] and x["bootstrap_resamples"] == 11000 for x in sig)
