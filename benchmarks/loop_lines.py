@@ -1,7 +1,8 @@
 """How much BLEU do degenerate (looping) outputs cost the KD table's models?
 
-A loop here is a character repeated 6+ times in a row ("Tommmmmmmmmel") or a 1-3 word group
-repeated 4+ times. For every archived row (docs/archive/<run>/<row>/eval/, greedy, batch 64)
+A loop here is the report's loop flag (`nmt_kd.analysis.find_loop`: an n-gram repeated back to
+back) or a character repeated 6+ times in a row ("Tommmmmmmmmel"), which the flag, working on
+words, does not see. For every archived row (docs/archive/<run>/<row>/eval/, greedy, batch 64)
 and split (valid, test) this counts the loop lines and rescores the hypotheses with each loop
 line replaced by the KD teacher ensemble's greedy line: an optimistic bound on what a loop guard
 in the search (or filtering loops out of the distilled corpus) could gain. Nothing is chosen
@@ -20,11 +21,13 @@ from pathlib import Path
 
 import sacrebleu
 
-LOOP = re.compile(r"(.)\1{5,}|\b(\w+(?: \w+){0,2})(?: \2){3,}")
+from nmt_kd.analysis import find_loop, words
+
+CHAR_RUN = re.compile(r"(.)\1{5,}")
 
 
 def loop_lines(hyps: list[str]) -> list[int]:
-    return [i for i, h in enumerate(hyps) if LOOP.search(h)]
+    return [i for i, h in enumerate(hyps) if CHAR_RUN.search(h) or find_loop(words(h))]
 
 
 def main() -> None:
@@ -61,7 +64,7 @@ def main() -> None:
         "what": __doc__.split("\n\n")[0] + " Loop lines per row and split; BLEU (sacreBLEU 13a, "
                 "greedy) as archived and with each loop line replaced by the "
                 f"{args.fix_from} greedy line (an optimistic bound on a loop guard's gain).",
-        "loop_pattern": LOOP.pattern,
+        "loop": "nmt_kd.analysis.find_loop over words, or the character run " + CHAR_RUN.pattern,
         "command": "python benchmarks/loop_lines.py --archive docs/archive/multi30k_en_de "
                    "--data RUN/data --out docs/bench/loop_lines.json",
         "rows": rows}, indent=1) + "\n", encoding="utf-8")
