@@ -343,6 +343,36 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class StudentTrainOverrides:
+    """A student row's own training recipe: each key set here replaces student_train's for this
+    row only (e.g. the teacher's larger batches and learning rate for one Transformer student);
+    unset keys keep the section's values."""
+    max_tokens: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    label_smoothing: float | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int | None = None
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_tokens", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"pipeline.students[].train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"pipeline.students[].train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        for key in ("learning_rate", "max_minutes"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"pipeline.students[].train.{key} must be > 0, got {getattr(self, key)}")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"pipeline.students[].train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def changes(self) -> dict:
+        """The keys set here, as student_train's field names and values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
 class StudentSpec:
     name: str = "rnn_seq"
     arch: str = "student_rnn"  # a registered student architecture: student_rnn | student_cnn | ...
@@ -354,6 +384,8 @@ class StudentSpec:
     # one model per seed, each in RUN/<name>.seed<k>/ and trained with student_train.seed=k;
     # empty: one model in RUN/<name>/ with student_train.seed
     seeds: tuple[int, ...] = ()
+    # this student's own student_train keys (None: the section's for every key)
+    train: StudentTrainOverrides | None = None
 
     def __post_init__(self) -> None:
         _one_of("pipeline.students[].arch", self.arch, model_section_names("student"))
@@ -412,6 +444,14 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def __post_init__(self) -> None:
+        for spec in self.pipeline.students:  # a student's own recipe must make a valid student_train
+            if spec.train is not None:
+                try:
+                    dataclasses.replace(self.student_train, **spec.train.changes())
+                except ConfigError as e:
+                    raise ConfigError(f"pipeline.students[] {spec.name!r}, its train keys: {e}") from None
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -61,6 +61,26 @@ row() {  # name model kd minutes [extra args]: skipped when finished or when ano
     evaluate "$name"
   ) 9> "$RUN/logs/$name.lock"
 }
+spec_row() {  # name minutes: a row trained exactly as its pipeline.students entry in $CONFIG says
+  # (its own `train` keys, max_steps, average_last; the seed from the name), by the pipeline
+  # itself (`--only NAME`: training, resumed from its checkpoints, then the evaluation)
+  local name=$1 minutes=$2
+  if [ -f "$RUN/eval/$name/done.json" ]; then echo "$name: done (evaluated)"; return; fi
+  if [ -n "${DEADLINE:-}" ] && [ ! -f "$RUN/$name/model.keras" ] && [ ! -d "$RUN/$name/checkpoints" ] \
+      && [ $(( $(date +%s) + minutes * 60 )) -gt "$DEADLINE" ]; then
+    echo "$name: not started (~$minutes min would end after DEADLINE)"; return
+  fi
+  ( flock -n 9 || { echo "$name: taken by the other lane"; exit 0; }
+    echo "$name: training and evaluating ($(date +%H:%M))"
+    "$PY" -P -m nmt_kd.cli pipeline -c "$CONFIG" --run-dir "$RUN" --adopt --only "$name" \
+        >> "$RUN/logs/$name.log" 2>&1 || { echo "$name: failed, see $RUN/logs/$name.log"; exit 0; }
+    if [ -n "${ARCHIVE:-}" ]; then
+      "$PY" scripts/run_archive.py save --run-dir "$RUN" --archive "$ARCHIVE" "$name" \
+          >> "$RUN/logs/$name.log" 2>&1 || { echo "$name: archiving failed, see $RUN/logs/$name.log"; exit 0; }
+    fi
+    echo "$name: evaluated$([ -n "${ARCHIVE:-}" ] && echo ", archived in $ARCHIVE") ($(date +%H:%M))"
+  ) 9> "$RUN/logs/$name.lock"
+}
 word_minutes() {  # kd base: the estimate of a row
   case $1 in *word*) echo $(( $2 + MIN_WORD ));; *) echo "$2";; esac
 }
@@ -75,6 +95,13 @@ tf_row() {  # kd seed: RUN/tf_<kd>.seed<seed>, the Transformer student (6+1 laye
   # the final model the mean of the last 5 checkpoints (pipeline.students[].average_last)
   row "tf_${1/+/}.seed$2" student_transformer "$1" "$(word_minutes "$1" "$MIN_TF")" --set student_train.seed="$2" \
       --set student_train.average_last=5
+}
+# The Transformer student with the teacher's own training recipe (8,192-token batches, lr 5e-3
+# after 2,000 warm-up updates, 7,000 updates, the mean of the last 8 checkpoints 500 apart:
+# ~2.8x the tokens of tf_row); its recipe is its pipeline.students entry (`tf_seq_tr`).
+MIN_TF_TR=${MIN_TF_TR:-200}
+tf_tr_row() {  # kd seed: RUN/tf_<kd>_tr.seed<seed>
+  spec_row "tf_${1/+/}_tr.seed$2" "$(word_minutes "$1" "$MIN_TF_TR")"
 }
 cnn_row() {  # kd seed: RUN/cnn_<kd>.seed<seed>, CNN_STEPS updates
   row "cnn_${1/+/}.seed$2" student_cnn "$1" "$(word_minutes "$1" "$MIN_CNN")" --set student_train.max_steps="$CNN_STEPS" \

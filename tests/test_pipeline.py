@@ -360,6 +360,45 @@ def test_student_average_last_reaches_training_and_old_hashes_stay(pipeline_tree
         config_from_dict(tree)
 
 
+def test_student_train_keys_reach_only_that_student(pipeline_tree, tmp_path, monkeypatch):
+    """A student's `train` keys (its own batch size, learning rate...) replace student_train's
+    for that row only; its stage hash includes them; a bad combination is refused at load."""
+    import nmt_kd.train
+    from nmt_kd.errors import ConfigError
+    from nmt_kd.pipeline import build_stages
+
+    seen = {}
+    monkeypatch.setattr(nmt_kd.train, "train_model",
+                        lambda cfg, run, arch, name, **kw: seen.setdefault(name, cfg.student_train))
+    tree = copy.deepcopy(pipeline_tree)
+    base = dict(tree["student_train"])
+    tree["pipeline"]["students"] = [
+        {"name": "tf_tr", "arch": "student_rnn", "kd": "none", "seeds": [1],
+         "train": {"max_tokens": 8192, "learning_rate": 0.005, "warmup_steps": 7}},
+        {"name": "rnn_none", "arch": "student_rnn", "kd": "none"}]
+    cfg = config_from_dict(tree)
+    stages = {s.name: s for s in build_stages(cfg, tmp_path / "run", quiet)}
+    for name in ("student tf_tr.seed1", "student rnn_none"):
+        stages[name].run()
+    tr, plain = seen["tf_tr.seed1"], seen["rnn_none"]
+    assert (tr.max_tokens, tr.learning_rate, tr.warmup_steps, tr.seed) == (8192, 0.005, 7, 1)
+    assert plain == cfg.student_train and tr.max_len == plain.max_len  # unset keys: the section's
+    assert plain.max_tokens == base.get("max_tokens", plain.max_tokens) != 8192
+    assert stages["student tf_tr.seed1"].config["spec"]["train"] == {
+        "max_tokens": 8192, "learning_rate": 0.005, "warmup_steps": 7}
+    assert "train" not in stages["student rnn_none"].config["spec"]  # old run directories keep their hash
+    bad = copy.deepcopy(tree)
+    bad["pipeline"]["students"][0]["train"] = {"max_tokens": 16}  # below student_train.max_len
+    with pytest.raises(ConfigError, match="'tf_tr', its train keys: train.max_tokens"):
+        config_from_dict(bad)
+    bad["pipeline"]["students"][0]["train"] = {"learning_rate": 0}
+    with pytest.raises(ConfigError, match="train.learning_rate must be > 0"):
+        config_from_dict(bad)
+    bad["pipeline"]["students"][0]["train"] = {"max_token": 8192}
+    with pytest.raises(ConfigError, match="unknown key 'max_token'"):
+        config_from_dict(bad)
+
+
 def test_a_missing_input_says_whether_the_config_or_an_earlier_stage_is_at_fault(tmp_path, monkeypatch):
     """A corpus path from the config that does not resolve (a relative path read from another
     working directory) is named as such, not blamed on an earlier stage."""
