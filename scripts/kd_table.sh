@@ -30,27 +30,38 @@ export PYTHONPATH="$SRC_COPY" TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1
 # greedy and beam, the blind sets), and with ARCHIVE=DIR also archived there
 # (scripts/run_archive.py save), so a session keeps every row it finished.
 MIN_RNN=${MIN_RNN:-80} MIN_TF=${MIN_TF:-95} MIN_CNN=${MIN_CNN:-60} MIN_WORD=${MIN_WORD:-20}  # word-KD: the top-k store (6.5 min for the ensemble) + slower steps
-evaluate() {  # name: the pipeline's evaluation of a trained row (EVAL=1), then its archive copy
-  local name=$1
-  [ "${EVAL:-0}" = 1 ] || return 0
+pipeline_only() {  # name log: the pipeline for this one model (its training if not done, its
+  # evaluation), then (ARCHIVE=DIR) its archive copy
+  local name=$1 log=$2
   "$PY" -P -m nmt_kd.cli pipeline -c "$CONFIG" --run-dir "$RUN" --adopt --only "$name" \
-      >> "$RUN/logs/$name.eval.log" 2>&1 || { echo "$name: evaluation failed, see $RUN/logs/$name.eval.log"; return 1; }
+      >> "$log" 2>&1 || { echo "$name: pipeline failed, see $log"; return 1; }
   if [ -n "${ARCHIVE:-}" ]; then
     "$PY" scripts/run_archive.py save --run-dir "$RUN" --archive "$ARCHIVE" "$name" \
-        >> "$RUN/logs/$name.eval.log" 2>&1 || { echo "$name: archiving failed, see $RUN/logs/$name.eval.log"; return 1; }
+        >> "$log" 2>&1 || { echo "$name: archiving failed, see $log"; return 1; }
   fi
   echo "$name: evaluated$([ -n "${ARCHIVE:-}" ] && echo ", archived in $ARCHIVE") ($(date +%H:%M))"
 }
-row() {  # name model kd minutes [extra args]: skipped when finished or when another lane holds it
-  local name=$1 model=$2 kd=$3 minutes=$4; shift 4
+evaluate() {  # name: the pipeline's evaluation of a trained row (EVAL=1), then its archive copy
+  [ "${EVAL:-0}" = 1 ] || return 0
+  pipeline_only "$1" "$RUN/logs/$1.eval.log"
+}
+not_to_start() {  # name minutes: true (and says why) when the row is done or must not begin now
+  local name=$1 minutes=$2
   # evaluated: done, whether trained here or restored from docs/archive/ on a new machine
   # (scripts/run_archive.py restore: the evaluation without the weights); never trained again
-  if [ -f "$RUN/eval/$name/done.json" ]; then echo "$name: done (evaluated)"; return; fi
-  if [ -f "$RUN/$name/model.keras" ] && [ "${EVAL:-0}" != 1 ]; then echo "$name: done"; return; fi
+  if [ -f "$RUN/eval/$name/done.json" ]; then echo "$name: done (evaluated)"; return 0; fi
   if [ -n "${DEADLINE:-}" ] && [ ! -f "$RUN/$name/model.keras" ] && [ ! -d "$RUN/$name/checkpoints" ] \
       && [ $(( $(date +%s) + minutes * 60 )) -gt "$DEADLINE" ]; then
-    echo "$name: not started (~$minutes min would end after DEADLINE)"; return
+    echo "$name: not started (~$minutes min would end after DEADLINE)"; return 0
   fi
+  return 1
+}
+row() {  # name model kd minutes [extra args]: skipped when finished or when another lane holds it
+  local name=$1 model=$2 kd=$3 minutes=$4; shift 4
+  if [ -f "$RUN/$name/model.keras" ] && [ "${EVAL:-0}" != 1 ] && [ ! -f "$RUN/eval/$name/done.json" ]; then
+    echo "$name: done"; return
+  fi
+  not_to_start "$name" "$minutes" && return
   ( flock -n 9 || { echo "$name: taken by the other lane"; exit 0; }
     if [ ! -f "$RUN/$name/model.keras" ]; then
       echo "$name: training ($(date +%H:%M))"
@@ -65,20 +76,10 @@ spec_row() {  # name minutes: a row trained exactly as its pipeline.students ent
   # (its own `train` keys, max_steps, average_last; the seed from the name), by the pipeline
   # itself (`--only NAME`: training, resumed from its checkpoints, then the evaluation)
   local name=$1 minutes=$2
-  if [ -f "$RUN/eval/$name/done.json" ]; then echo "$name: done (evaluated)"; return; fi
-  if [ -n "${DEADLINE:-}" ] && [ ! -f "$RUN/$name/model.keras" ] && [ ! -d "$RUN/$name/checkpoints" ] \
-      && [ $(( $(date +%s) + minutes * 60 )) -gt "$DEADLINE" ]; then
-    echo "$name: not started (~$minutes min would end after DEADLINE)"; return
-  fi
+  not_to_start "$name" "$minutes" && return
   ( flock -n 9 || { echo "$name: taken by the other lane"; exit 0; }
     echo "$name: training and evaluating ($(date +%H:%M))"
-    "$PY" -P -m nmt_kd.cli pipeline -c "$CONFIG" --run-dir "$RUN" --adopt --only "$name" \
-        >> "$RUN/logs/$name.log" 2>&1 || { echo "$name: failed, see $RUN/logs/$name.log"; exit 0; }
-    if [ -n "${ARCHIVE:-}" ]; then
-      "$PY" scripts/run_archive.py save --run-dir "$RUN" --archive "$ARCHIVE" "$name" \
-          >> "$RUN/logs/$name.log" 2>&1 || { echo "$name: archiving failed, see $RUN/logs/$name.log"; exit 0; }
-    fi
-    echo "$name: evaluated$([ -n "${ARCHIVE:-}" ] && echo ", archived in $ARCHIVE") ($(date +%H:%M))"
+    pipeline_only "$name" "$RUN/logs/$name.log" || exit 0
   ) 9> "$RUN/logs/$name.lock"
 }
 word_minutes() {  # kd base: the estimate of a row

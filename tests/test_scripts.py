@@ -167,6 +167,39 @@ def test_kd_table_script_keeps_to_the_deadline_and_evaluates_each_row(tmp_path):
     assert not set(trained_again) & set(trained) and "rnn_seq.seed1: done (evaluated)" in proc.stdout
 
 
+def test_kd_table_spec_row_is_the_pipeline_for_that_model(tmp_path):
+    """tf_tr_row: a row whose recipe is its pipeline.students entry is trained and evaluated by
+    `nmt-kd pipeline --only ROW` (no `train` call with settings of its own), archived, then done;
+    DEADLINE keeps an unbegun one from starting."""
+    import time
+
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_TRAINER)
+    fake.chmod(0o755)
+    run, calls = tmp_path / "run", tmp_path / "calls.txt"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "RUN": str(run), "CALLS": str(calls),
+           "SRC_COPY": str(tmp_path / "src"), "FAIL_ROWS": "", "ARCHIVE": str(tmp_path / "arch"),
+           "DEADLINE": str(int(time.time()) + 60 * 60), "MIN_TF_TR": "200"}
+
+    def kd_table(*what):
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "kd_table.sh"), *what],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, (calls.read_text().splitlines() if calls.exists() else [])
+
+    out, lines = kd_table("tf_tr_row", "seq", "1")
+    assert "tf_seq_tr.seed1: not started" in out and lines == []  # 200 min > the hour left
+    (run / "tf_seq_tr.seed1/checkpoints").mkdir(parents=True)  # begun earlier: resumes anyway
+    out, lines = kd_table("tf_tr_row", "seq", "1")
+    assert [x.split()[-1] for x in lines if " pipeline " in f" {x} "] == ["tf_seq_tr.seed1"]
+    assert "--adopt --only tf_seq_tr.seed1" in lines[0] and not any(" train " in f" {x} " for x in lines)
+    assert "run_archive.py save" in lines[1] and lines[1].endswith(" tf_seq_tr.seed1")
+    assert "tf_seq_tr.seed1: evaluated, archived" in out
+    calls.unlink()
+    out, lines = kd_table("tf_tr_row", "seq", "1")
+    assert lines == [] and "tf_seq_tr.seed1: done (evaluated)" in out
+
+
 def test_run_archive_keeps_evaluations_without_weights_and_restores_them(tmp_path):
     """scripts/run_archive.py: `save` copies each evaluated model's evaluation files and
     metadata (not its weights, not an unevaluated model); `restore` puts back exactly those
