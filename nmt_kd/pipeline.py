@@ -91,7 +91,7 @@ def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
 def _student_config(cfg: Config, spec, seed: int | None = None) -> Config:
     """`cfg` with this student's own step budget, checkpoint averaging, training recipe
     (`train`) and seed, where it has them."""
-    changes = dict(spec.train.changes()) if spec.train is not None else {}
+    changes = spec.train.changes() if spec.train is not None else {}
     if spec.max_steps is not None:
         changes["max_steps"] = spec.max_steps
     if spec.average_last is not None:
@@ -107,11 +107,12 @@ def _spec_dict(spec) -> dict:
     """The student spec as its stage hashes it; `average_last` and `train` only where they are
     set, so the run directories made before the keys existed keep their hashes."""
     d = config_to_dict(spec)
-    for key in ("average_last", "train"):
-        if d.get(key) is None:
-            d.pop(key, None)
-    if "train" in d:  # the keys set, so a key added later does not change the hash
-        d["train"] = {k: v for k, v in d["train"].items() if v is not None}
+    if spec.average_last is None:
+        d.pop("average_last", None)
+    if spec.train is None:
+        d.pop("train", None)
+    else:  # the keys set, so a key added later does not change the hash
+        d["train"] = spec.train.changes()
     return d
 
 

@@ -58,10 +58,8 @@ not_to_start() {  # name minutes: true (and says why) when the row is done or mu
 }
 row() {  # name model kd minutes [extra args]: skipped when finished or when another lane holds it
   local name=$1 model=$2 kd=$3 minutes=$4; shift 4
-  if [ -f "$RUN/$name/model.keras" ] && [ "${EVAL:-0}" != 1 ] && [ ! -f "$RUN/eval/$name/done.json" ]; then
-    echo "$name: done"; return
-  fi
   not_to_start "$name" "$minutes" && return
+  if [ -f "$RUN/$name/model.keras" ] && [ "${EVAL:-0}" != 1 ]; then echo "$name: done"; return; fi
   ( flock -n 9 || { echo "$name: taken by the other lane"; exit 0; }
     if [ ! -f "$RUN/$name/model.keras" ]; then
       echo "$name: training ($(date +%H:%M))"
