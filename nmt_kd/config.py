@@ -207,25 +207,6 @@ def model_section_names(role: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, r in names.items() if role is None or r == role)
 
 
-# The range of each numeric training key (TrainConfig and a student row's own train keys):
-# ">=1", ">=0" (0: off or no limit), ">0", or "[0,1)".
-_TRAIN_RANGES = {
-    **dict.fromkeys(("max_tokens", "max_len", "log_every", "keep_checkpoints", "eval_batch_size"), ">=1"),
-    **dict.fromkeys(("max_steps", "max_epochs", "max_minutes", "warmup_steps", "checkpoint_every",
-                     "eval_every", "eval_sentences", "patience", "average_last", "clip_norm"), ">=0"),
-    **dict.fromkeys(("learning_rate", "adam_epsilon"), ">0"),
-    **dict.fromkeys(("label_smoothing", "adam_beta1", "adam_beta2"), "[0,1)"),
-}
-
-
-def _check_train_range(name: str, key: str, value: float) -> None:
-    rule = _TRAIN_RANGES[key]
-    ok = {">=1": value >= 1, ">=0": value >= 0, ">0": value > 0, "[0,1)": 0 <= value < 1}[rule]
-    if not ok:
-        text = {">=1": ">= 1", ">=0": ">= 0 (0: off)", ">0": "> 0", "[0,1)": "in [0, 1)"}[rule]
-        raise ConfigError(f"{name} must be {text}, got {value}")
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     max_tokens: int = 4096  # token budget per batch (padded tokens, max of both sides)
@@ -266,8 +247,19 @@ class TrainConfig:
     _section: typing.ClassVar[str] = "train"
 
     def __post_init__(self) -> None:
-        for key in _TRAIN_RANGES:
-            _check_train_range(f"train.{key}", key, getattr(self, key))
+        for key in ("max_tokens", "max_len", "log_every", "keep_checkpoints", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("max_steps", "max_epochs", "max_minutes", "warmup_steps", "checkpoint_every",
+                    "eval_every", "eval_sentences", "patience", "average_last", "clip_norm"):
+            if getattr(self, key) < 0:  # 0: off / no limit
+                raise ConfigError(f"train.{key} must be >= 0 (0: off), got {getattr(self, key)}")
+        for key in ("learning_rate", "adam_epsilon"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"train.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("label_smoothing", "adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be in [0, 1), got {getattr(self, key)}")
         _one_of("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         _one_of("train.strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
         _one_of("train.early_stop_metric", self.early_stop_metric, ("bleu", "loss"))
@@ -379,9 +371,17 @@ class StudentTrainOverrides:
     keep_checkpoints: int | None = None
     max_minutes: float | None = None
 
-    def __post_init__(self) -> None:  # the same ranges as student_train's own keys
-        for key, value in self.changes().items():
-            _check_train_range(f"pipeline.students[].train.{key}", key, value)
+    def __post_init__(self) -> None:
+        for key in ("max_tokens", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"pipeline.students[].train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"pipeline.students[].train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        for key in ("learning_rate", "max_minutes"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"pipeline.students[].train.{key} must be > 0, got {getattr(self, key)}")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"pipeline.students[].train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def changes(self) -> dict:
         """The keys set here, as student_train's field names and values."""

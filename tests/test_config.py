@@ -160,13 +160,3 @@ def test_zero_still_means_off_for_the_optional_limits(tmp_path):
     cfg = load_config(write(tmp_path, "student_train:\n  checkpoint_every: 0\n  eval_every: 0\n"
                                       "  max_steps: 0\n  max_minutes: 0\n  clip_norm: 0\n"))
     assert cfg.student_train.checkpoint_every == 0 and cfg.student_train.eval_every == 0
-
-
-def test_a_student_rows_own_train_keys_have_the_sections_ranges():
-    from nmt_kd.config import StudentTrainOverrides
-    with pytest.raises(ConfigError, match=r"pipeline\.students\[\]\.train\.keep_checkpoints must be >= 1, got 0"):
-        StudentTrainOverrides(keep_checkpoints=0)
-    with pytest.raises(ConfigError, match=r"pipeline\.students\[\]\.train\.learning_rate must be > 0"):
-        StudentTrainOverrides(learning_rate=-1e-3)
-    assert StudentTrainOverrides(checkpoint_every=0, max_tokens=8192).changes() == {
-        "max_tokens": 8192, "checkpoint_every": 0}  # 0: off, as in student_train
