@@ -243,30 +243,14 @@ class TrainConfig:
     init: str | tuple[str, ...] | None = None
     init_sha256: str | tuple[str, ...] | None = None
 
-    # the section name in error messages; `_build` puts `student_train` there for that section
-    _section: typing.ClassVar[str] = "train"
-
     def __post_init__(self) -> None:
-        for key in ("max_tokens", "max_len", "log_every", "keep_checkpoints", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("max_steps", "max_epochs", "max_minutes", "warmup_steps", "checkpoint_every",
-                    "eval_every", "eval_sentences", "patience", "average_last", "clip_norm"):
-            if getattr(self, key) < 0:  # 0: off / no limit
-                raise ConfigError(f"train.{key} must be >= 0 (0: off), got {getattr(self, key)}")
-        for key in ("learning_rate", "adam_epsilon"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"train.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("label_smoothing", "adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be in [0, 1), got {getattr(self, key)}")
         _one_of("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         _one_of("train.strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
         _one_of("train.early_stop_metric", self.early_stop_metric, ("bleu", "loss"))
         _one_of("train.on_nan", self.on_nan, ("stop", "skip"))
         if self.max_tokens < self.max_len:
             raise ConfigError(
-                f"train.max_tokens ({self.max_tokens}) must be at least the section's max_len ({self.max_len})"
+                f"train.max_tokens ({self.max_tokens}) must be at least train.max_len ({self.max_len})"
             )
         if isinstance(self.init, str) and isinstance(self.init_sha256, tuple):
             raise ConfigError(f"train.init names one bundle: train.init_sha256 must be one hash, "
@@ -541,13 +525,7 @@ def _build(cls: type, values: dict, where: str) -> Any:
         kwargs[key] = _coerce(value, hints[key], path)
     if others:
         kwargs[inline] = tuple(others)
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:  # a class shared by sections (TrainConfig) names the one read here
-        section = getattr(cls, "_section", None)
-        if section and where and where != section and str(e).startswith(section + "."):
-            raise ConfigError(where + str(e)[len(section):]) from None
-        raise
+    return cls(**kwargs)
 
 
 def config_from_dict(values: dict, source: str = "<dict>") -> Config:
