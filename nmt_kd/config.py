@@ -207,6 +207,28 @@ def model_section_names(role: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, r in names.items() if role is None or r == role)
 
 
+# The range of each numeric training key (TrainConfig and a student row's own train keys):
+# ">=1", ">=0" (0: off or no limit), ">0", "[0,1)", or "lr" (>= 0; 0 keeps the weights as they
+# are, which tests and frozen-weight runs use).
+_TRAIN_RANGES = {
+    **dict.fromkeys(("max_tokens", "max_len", "log_every", "keep_checkpoints", "eval_batch_size"), ">=1"),
+    **dict.fromkeys(("max_steps", "max_epochs", "max_minutes", "warmup_steps", "checkpoint_every",
+                     "eval_every", "eval_sentences", "patience", "average_last", "clip_norm"), ">=0"),
+    "learning_rate": "lr", "adam_epsilon": ">0",
+    **dict.fromkeys(("label_smoothing", "adam_beta1", "adam_beta2"), "[0,1)"),
+}
+
+
+def _check_train_range(name: str, key: str, value: float) -> None:
+    rule = _TRAIN_RANGES[key]
+    ok = {">=1": value >= 1, ">=0": value >= 0, ">0": value > 0, "[0,1)": 0 <= value < 1,
+          "lr": value >= 0}[rule]
+    if not ok:
+        text = {">=1": ">= 1", ">=0": ">= 0 (0: off)", ">0": "> 0", "[0,1)": "in [0, 1)",
+                "lr": ">= 0 (0: the weights do not change)"}[rule]
+        raise ConfigError(f"{name} must be {text}, got {value}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     max_tokens: int = 4096  # token budget per batch (padded tokens, max of both sides)
@@ -243,14 +265,19 @@ class TrainConfig:
     init: str | tuple[str, ...] | None = None
     init_sha256: str | tuple[str, ...] | None = None
 
+    # the section name in error messages; `_build` puts `student_train` there for that section
+    _section: typing.ClassVar[str] = "train"
+
     def __post_init__(self) -> None:
+        for key in _TRAIN_RANGES:
+            _check_train_range(f"train.{key}", key, getattr(self, key))
         _one_of("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         _one_of("train.strategy", self.strategy, ("default", "mirrored", "multi_worker", "tpu"))
         _one_of("train.early_stop_metric", self.early_stop_metric, ("bleu", "loss"))
         _one_of("train.on_nan", self.on_nan, ("stop", "skip"))
         if self.max_tokens < self.max_len:
             raise ConfigError(
-                f"train.max_tokens ({self.max_tokens}) must be at least train.max_len ({self.max_len})"
+                f"train.max_tokens ({self.max_tokens}) must be at least the section's max_len ({self.max_len})"
             )
         if isinstance(self.init, str) and isinstance(self.init_sha256, tuple):
             raise ConfigError(f"train.init names one bundle: train.init_sha256 must be one hash, "
@@ -355,17 +382,9 @@ class StudentTrainOverrides:
     keep_checkpoints: int | None = None
     max_minutes: float | None = None
 
-    def __post_init__(self) -> None:
-        for key in ("max_tokens", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"pipeline.students[].train.{key} must be >= 1, got {getattr(self, key)}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ConfigError(f"pipeline.students[].train.warmup_steps must be >= 0, got {self.warmup_steps}")
-        for key in ("learning_rate", "max_minutes"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ConfigError(f"pipeline.students[].train.{key} must be > 0, got {getattr(self, key)}")
-        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"pipeline.students[].train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+    def __post_init__(self) -> None:  # the same ranges as student_train's own keys
+        for key, value in self.changes().items():
+            _check_train_range(f"pipeline.students[].train.{key}", key, value)
 
     def changes(self) -> dict:
         """The keys set here, as student_train's field names and values."""
@@ -525,7 +544,13 @@ def _build(cls: type, values: dict, where: str) -> Any:
         kwargs[key] = _coerce(value, hints[key], path)
     if others:
         kwargs[inline] = tuple(others)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a class shared by sections (TrainConfig) names the one read here
+        section = getattr(cls, "_section", None)
+        if section and where and where != section and str(e).startswith(section + "."):
+            raise ConfigError(where + str(e)[len(section):]) from None
+        raise
 
 
 def config_from_dict(values: dict, source: str = "<dict>") -> Config:

@@ -141,3 +141,34 @@ def test_every_shipped_config_loads():
     for f in files:
         cfg = load_config(f)
         assert config_to_dict(cfg)["data"]["source"] == yaml.safe_load(f.read_text())["data"]["source"]
+
+
+@pytest.mark.parametrize("section", ["train", "student_train"])
+@pytest.mark.parametrize("key,value,rule", [
+    ("checkpoint_every", -1, r">= 0 \(0: off\)"), ("log_every", 0, ">= 1"), ("keep_checkpoints", 0, ">= 1"),
+    ("learning_rate", -0.001, r">= 0 \(0: the weights do not change\)"), ("adam_epsilon", 0, "> 0"),
+    ("warmup_steps", -5, r">= 0 \(0: off\)"), ("label_smoothing", 1.0, r"in \[0, 1\)"),
+    ("max_minutes", -1, r">= 0 \(0: off\)"), ("adam_beta2", 1.5, r"in \[0, 1\)"),
+])
+def test_training_values_out_of_range_name_their_section(tmp_path, section, key, value, rule):
+    # a value that would divide by zero or train nothing is refused when the config is read,
+    # and the message names the section it came from (both sections share TrainConfig)
+    with pytest.raises(ConfigError, match=rf"^.*: {section}\.{key} must be {rule}, got "):
+        load_config(write(tmp_path, f"{section}:\n  {key}: {value}\n"))
+
+
+def test_zero_still_means_off_for_the_optional_limits(tmp_path):
+    cfg = load_config(write(tmp_path, "student_train:\n  checkpoint_every: 0\n  eval_every: 0\n"
+                                      "  max_steps: 0\n  max_minutes: 0\n  clip_norm: 0\n  learning_rate: 0\n"))
+    assert cfg.student_train.checkpoint_every == 0 and cfg.student_train.eval_every == 0
+    assert cfg.student_train.learning_rate == 0  # frozen weights (tests of the search use it)
+
+
+def test_a_student_rows_own_train_keys_have_the_sections_ranges():
+    from nmt_kd.config import StudentTrainOverrides
+    with pytest.raises(ConfigError, match=r"pipeline\.students\[\]\.train\.keep_checkpoints must be >= 1, got 0"):
+        StudentTrainOverrides(keep_checkpoints=0)
+    with pytest.raises(ConfigError, match=r"pipeline\.students\[\]\.train\.learning_rate must be >= 0"):
+        StudentTrainOverrides(learning_rate=-1e-3)
+    assert StudentTrainOverrides(checkpoint_every=0, max_tokens=8192).changes() == {
+        "max_tokens": 8192, "checkpoint_every": 0}  # 0: off, as in student_train

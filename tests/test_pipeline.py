@@ -391,8 +391,8 @@ def test_student_train_keys_reach_only_that_student(pipeline_tree, tmp_path, mon
     bad["pipeline"]["students"][0]["train"] = {"max_tokens": 16}  # below student_train.max_len
     with pytest.raises(ConfigError, match="'tf_tr', its train keys: train.max_tokens"):
         config_from_dict(bad)
-    bad["pipeline"]["students"][0]["train"] = {"learning_rate": 0}
-    with pytest.raises(ConfigError, match="train.learning_rate must be > 0"):
+    bad["pipeline"]["students"][0]["train"] = {"learning_rate": -0.001}
+    with pytest.raises(ConfigError, match="train.learning_rate must be >= 0"):
         config_from_dict(bad)
     bad["pipeline"]["students"][0]["train"] = {"max_token": 8192}
     with pytest.raises(ConfigError, match="unknown key 'max_token'"):
