@@ -418,6 +418,23 @@ class StudentSpec:
         if ".seed" in self.name:
             raise ConfigError(f"pipeline.students[].name {self.name!r}: '.seed' is reserved for seed directories")
 
+    # a row's own train keys that only keep the books (how often to save, how many to keep, a
+    # time cap as a safety net): two rows that differ only in these train the same way
+    BOOKKEEPING: typing.ClassVar[frozenset[str]] = frozenset(
+        {"checkpoint_every", "keep_checkpoints", "max_minutes"})
+
+    def recipe(self, section: TrainConfig) -> dict:
+        """How this row trains apart from its KD and its seeds, its own keys resolved against
+        `section` (student_train): its architecture, max_steps, average_last and every key a
+        row may set for itself but the bookkeeping ones. A KD row's gain is measured against
+        the no-KD row of equal recipe (`nmt_kd.report`)."""
+        own = self.train.changes() if self.train is not None else {}
+        keys = [f.name for f in dataclasses.fields(StudentTrainOverrides) if f.name not in self.BOOKKEEPING]
+        return {"arch": self.arch,
+                "max_steps": section.max_steps if self.max_steps is None else self.max_steps,
+                "average_last": section.average_last if self.average_last is None else self.average_last,
+                **{k: own.get(k, getattr(section, k)) for k in keys}}
+
     def model_names(self) -> list[tuple[str, int | None]]:
         """(model directory name, seed) of each model this student row trains."""
         if not self.seeds:

@@ -153,7 +153,46 @@ def group_rows(run: Path, summary: list[dict]) -> list[dict]:
             obj["mean"][key], obj["std"][key] = _mean_std(obj[key])
         obj["bleu_greedy"], obj["bleu_beam"] = obj["mean"]["bleu_greedy_test"], obj["mean"]["bleu_beam_test"]
         out.append(obj)
+    recipes = _row_recipes(run)
+    for obj in out:
+        obj["recipe"] = recipes.get(obj["name"])
+    for obj in out:
+        if obj["kd"] != "none" and not obj["name"].startswith("teacher"):
+            obj["baseline"], obj["baseline_note"] = _baseline(obj, out)
     return out
+
+
+def _row_recipes(run: Path) -> dict[str, dict]:
+    """Each pipeline student row's recipe (`StudentSpec.recipe`) from RUN/config.yaml, the
+    config the pipeline ran with; {} where there is none (a run assembled by hand)."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return {}
+    from nmt_kd.config import load_config
+
+    cfg = load_config(path)
+    return {spec.name: spec.recipe(cfg.student_train) for spec in cfg.pipeline.students}
+
+
+def _is_student(g: dict) -> bool:
+    return not g["name"].startswith("teacher")
+
+
+def _baseline(row: dict, groups: list[dict]) -> tuple[str | None, str | None]:
+    """The no-KD row a KD row is measured against, or why there is none: the same architecture
+    and, where RUN/config.yaml gives both rows' recipes, the same recipe. A row trained with
+    other settings (more updates, another learning rate...) would credit KD with their effect."""
+    cands = [g for g in groups if g["kd"] == "none" and _is_student(g) and g["arch"] == row["arch"]]
+    if not cands:
+        return None, f"no {row['arch']} row without KD in this run"
+    mine = row.get("recipe")
+    same = [g for g in cands if mine is None or g.get("recipe") is None or g["recipe"] == mine]
+    if same:
+        return same[0]["name"], None
+    other = cands[0]["recipe"]
+    differ = sorted(k for k in {*mine, *other} if k != "arch" and mine.get(k) != other.get(k))
+    return None, (f"no {row['arch']} row without KD trains as it does ({cands[0]['name']} differs in "
+                  + ", ".join(f"{k}: {other.get(k)} against {mine.get(k)}" for k in differ) + ")")
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -177,18 +216,19 @@ def _seed_pairs(row: dict, baseline: dict) -> list[tuple[str, str]]:
 
 def _comparisons(rows: list[dict], groups: list[dict]) -> list[tuple]:
     """(baseline model, its beam, system model, its beam, role, decoding) for every test made:
-    each KD row against the no-KD row of the same architecture, seed pair by seed pair
-    (greedy and beam), and each student model's greedy output against the teacher's beam."""
+    each KD row against its no-KD row (`_baseline`: same architecture, same recipe), seed pair
+    by seed pair (greedy and beam), and each student model's greedy output against the
+    teacher's beam."""
     test = [r for r in rows if r.get("split", "test") == "test"]
     beams = sorted({r["beam"] for r in test})
     greedy, big = beams[0], beams[-1]
-    base = {g["arch"]: g for g in groups if g["kd"] == "none" and not g["name"].startswith("teacher")}
+    by_name = {g["name"]: g for g in groups}
     out = []
     for g in groups:
         if g["name"].startswith("teacher"):
             continue
-        b = base.get(g["arch"])
-        if b is not None and b is not g:
+        b = by_name.get(g.get("baseline"))  # KD rows only (see `_baseline`)
+        if b is not None:
             for mine, theirs in _seed_pairs(g, b):
                 out.append((theirs, greedy, mine, greedy, "no-KD student", "greedy"))
                 if big != greedy:
@@ -270,8 +310,9 @@ def headline(groups: list[dict], sig: list[dict], speed_caveat: str | None = Non
                  f"at batch {batch} (greedy against the teacher's beam {beam}; "
                  f"{mean.get(f'speedup_greedy_bs{batch}') or 0:.1f}x greedy against greedy"
                  + (f"; {speed_caveat}" if speed_caveat else "") + ")")
-    base = next((g for g in groups if g["arch"] == pick["arch"] and g["kd"] == "none"
-                 and not g["name"].startswith("teacher")), None)
+    base = next((g for g in groups if g["name"] == pick.get("baseline")), None)
+    if base is None and pick.get("baseline_note"):
+        text += f"; what KD added to it is not measured in this run: {pick['baseline_note']}"
     if base is not None and base["bleu_greedy"] is not None:
         p = pick.get("p_kd_vs_none")
         text += (f"; KD added {pick['bleu_greedy'] - base['bleu_greedy']:+.2f} BLEU (greedy, test) "
@@ -486,6 +527,13 @@ def _sig_table(sig: list[dict]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def _baseline_table(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["KD row", "kd", "measured against (no KD)", "why not"]
+    body = [[g["name"], g["kd"], g.get("baseline") or "-", g.get("baseline_note") or ""]
+            for g in groups if "baseline" in g]
+    return head, body
+
+
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
         "| " + " | ".join(r) + " |" for r in body]
@@ -577,6 +625,9 @@ def build_report(run_dir: str | Path, title: str = "nmt-kd report", bootstrap: i
              "in its header; a ratio divides the row's sentences/s by the teacher's at the same batch size. "
              + cpuload.describe(loads))
     tables = [(name, fn(groups)) for name, fn in SECTIONS]
+    if any("baseline" in g for g in groups):
+        tables.append(("KD rows and the no-KD row each is tested against (same architecture, "
+                       "same training recipe)", _baseline_table(groups)))
     if sig:
         tables.append((f"Paired bootstrap (sacreBLEU, {sig[0]['bootstrap_resamples']:,} resamples), "
                        f"Holm-corrected over all {len(sig)} comparisons", _sig_table(sig)))

@@ -230,3 +230,50 @@ def test_bootstrap_resamples_grow_with_the_comparisons_so_holm_can_reject(tmp_pa
     sig = significance(run, load_rows(run), 1000)
     assert len(sig) == 52 and set(seen) == {bootstrap_resamples(52)}
     assert all(x["significant"] and x["bootstrap_resamples"] == 11000 for x in sig)
+
+
+def _with_rows(run, seq_train: dict | None):
+    """Write RUN/config.yaml as the pipeline does: rnn_none and rnn_seq (seeds 1, 2), rnn_seq
+    with its own train keys `seq_train`."""
+    import yaml
+
+    seq = {"name": "rnn_seq", "arch": "student_rnn", "kd": "seq", "seeds": [1, 2]}
+    if seq_train:
+        seq["train"] = seq_train
+    rows = [{"name": "rnn_none", "arch": "student_rnn", "kd": "none", "seeds": [1, 2]}, seq]
+    (run / "config.yaml").write_text(yaml.safe_dump({"pipeline": {"students": rows}}))
+    return run
+
+
+@pytest.mark.parametrize("seq_train,baseline", [
+    (None, "rnn_none"),
+    ({"checkpoint_every": 100, "max_minutes": 30}, "rnn_none"),  # bookkeeping: the same recipe
+    ({"learning_rate": 0.005, "max_tokens": 8192}, None),
+])
+def test_kd_is_measured_only_against_a_no_kd_row_trained_the_same_way(tmp_path, seq_train, baseline):
+    # a KD row whose training differs from the no-KD row's (a higher learning rate, bigger
+    # batches) would credit KD with what the recipe did: no KD-vs-none test, and the report
+    # says why, instead of a gain that is not KD's
+    from nmt_kd.report import _comparisons, group_rows, headline, load_rows
+
+    run = _with_rows(fake_run(tmp_path), seq_train)
+    rows = load_rows(run)
+    groups = group_rows(run, summarize(rows))
+    seq = next(g for g in groups if g["name"] == "rnn_seq")
+    assert seq["baseline"] == baseline
+    kd_tests = [c for c in _comparisons(rows, groups) if c[4] == "no-KD student"]
+    text = headline(groups, [])
+    if baseline:
+        assert seq["baseline_note"] is None and len(kd_tests) == 4  # 2 seed pairs x greedy, beam
+        assert "over the same student without KD (rnn_none" in text
+    else:
+        assert kd_tests == []
+        assert "learning_rate: 0.001 against 0.005" in seq["baseline_note"]
+        assert "max_tokens: 4096 against 8192" in seq["baseline_note"]
+        assert "over the same student without KD" not in text and "not measured in this run" in text
+        build_report(run, title="toy", bootstrap=200, log=lambda _m: None)
+        md = (run / "report" / "report.md").read_text()
+        assert "| rnn_seq | seq | - | no student_rnn row without KD trains as it does" in md
+        metrics = json.loads((run / "report" / "metrics.json").read_text())
+        assert not [s for s in metrics["significance"] if s["against_role"] == "no-KD student"]
+        assert next(r for r in metrics["rows"] if r["name"] == "rnn_seq")["p_kd_vs_none"] is None
