@@ -303,11 +303,15 @@ def test_analysis_of_nine_models_is_fast(tiny_run, model_dirs, tmp_path):
         write_lines(f, read_lines(f) * 10)
     for k in range(6):
         shutil.copytree(run / "eval/rnn_none", run / f"eval/extra{k}")
-    t0 = time.perf_counter()
+    # CPU time of this process, not wall time: the bound is on the work done (a QE pass that
+    # stopped batching, a quadratic bucket loop), and other jobs on the machine do not move it
+    # (wall time did: 20 s exceeded in a CI run beside two training jobs)
+    t0, w0 = time.process_time(), time.perf_counter()
     _, _, result = analysis.analyze_run(run, load_rows(run), 1000, log=lambda _m: None)
-    seconds = time.perf_counter() - t0
+    cpu_seconds, wall = time.process_time() - t0, time.perf_counter() - w0
     assert len(result["models"]) == 9 and len(result["sentence_qe"]) == 9
-    assert seconds < 20, seconds
+    print(f"analysis of 9 models x 300 sentences: {cpu_seconds:.1f} s CPU, {wall:.1f} s wall")
+    assert cpu_seconds < 20, cpu_seconds  # 4.0 s on the 2-core machine (2026-12-06)
 
 
 def test_qe_of_an_ensemble_is_its_own_log_probability(tiny_run, model_dirs, tmp_path):
