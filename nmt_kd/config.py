@@ -219,13 +219,19 @@ _TRAIN_RANGES = {
 }
 
 
+# Each rule of _TRAIN_RANGES: its test and how an error states it.
+_RANGE_RULES = {
+    ">=1": (lambda v: v >= 1, ">= 1"),
+    ">=0": (lambda v: v >= 0, ">= 0 (0: off)"),
+    ">0": (lambda v: v > 0, "> 0"),
+    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lr": (lambda v: v >= 0, ">= 0 (0: the weights do not change)"),
+}
+
+
 def _check_train_range(name: str, key: str, value: float) -> None:
-    rule = _TRAIN_RANGES[key]
-    ok = {">=1": value >= 1, ">=0": value >= 0, ">0": value > 0, "[0,1)": 0 <= value < 1,
-          "lr": value >= 0}[rule]
-    if not ok:
-        text = {">=1": ">= 1", ">=0": ">= 0 (0: off)", ">0": "> 0", "[0,1)": "in [0, 1)",
-                "lr": ">= 0 (0: the weights do not change)"}[rule]
+    ok, text = _RANGE_RULES[_TRAIN_RANGES[key]]
+    if not ok(value):
         raise ConfigError(f"{name} must be {text}, got {value}")
 
 

@@ -157,7 +157,7 @@ def group_rows(run: Path, summary: list[dict]) -> list[dict]:
     for obj in out:
         obj["recipe"] = recipes.get(obj["name"])
     for obj in out:
-        if obj["kd"] != "none" and not obj["name"].startswith("teacher"):
+        if obj["kd"] != "none" and _is_student(obj):
             obj["baseline"], obj["baseline_note"] = _baseline(obj, out)
     return out
 
@@ -224,9 +224,7 @@ def _comparisons(rows: list[dict], groups: list[dict]) -> list[tuple]:
     greedy, big = beams[0], beams[-1]
     by_name = {g["name"]: g for g in groups}
     out = []
-    for g in groups:
-        if g["name"].startswith("teacher"):
-            continue
+    for g in filter(_is_student, groups):
         b = by_name.get(g.get("baseline"))  # KD rows only (see `_baseline`)
         if b is not None:
             for mine, theirs in _seed_pairs(g, b):
