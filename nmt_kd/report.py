@@ -288,7 +288,7 @@ def headline(groups: list[dict], sig: list[dict], speed_caveat: str | None = Non
     of the teacher's beam BLEU it keeps, how much faster it is (with `speed_caveat` beside the
     ratio when the timing cannot be trusted, see `nmt_kd.cpuload.caveat`), and what KD added."""
     teacher = next((g for g in groups if g["name"] == "teacher"), None)
-    kd = [g for g in groups if not g["name"].startswith("teacher") and g["kd"] != "none"]
+    kd = [g for g in groups if _is_student(g) and g["kd"] != "none"]
     if teacher is None or not kd:
         return None
     pick = max(kd, key=lambda g: (g["mean"]["bleu_greedy_valid"] or -1, g["bleu_greedy"] or -1))
