@@ -5,7 +5,10 @@ Each stage records in its `done.json` a hash of the config sections it depends o
 files it reads. A stage whose hash is unchanged is skipped with a one-line message, so a
 killed or finished pipeline re-run does only what is left. A training stage that was killed
 resumes from its last checkpoint when its hash is the one it started with (`started.json`);
-when its config or inputs changed, its old output is removed and it starts over.
+when its config or inputs changed, its old output is removed and it starts over. A training
+stage whose only change is a larger budget (`BUDGET_KEYS`), finished or not, continues from its
+last checkpoint instead: the learning-rate schedule does not depend on the budget, so the run
+goes on as if it had been given that budget from the start.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ class Stage:
     # files that must exist before it runs (made by earlier stages) though its output does not
     # depend on their bytes: they order the lanes, they are not hashed
     after: list[Path] = field(default_factory=list)
+    # a training stage's effective budget ({key: value} for BUDGET_KEYS); raising it continues
+    # the stage's run instead of starting it over (None: not a training stage)
+    budget: dict | None = None
+
+
+# The keys of a training section that only say how long to train: raising any of them, and
+# changing nothing else, continues a run (0 is "no limit", the largest value).
+BUDGET_KEYS = ("max_steps", "max_epochs", "max_minutes", "patience")
 
 
 def _hash_inputs(paths: list[Path], run: Path | None = None) -> dict[str, str]:
@@ -76,12 +87,41 @@ def stage_hash(stage: Stage, run: Path | None = None) -> str:
     return stage_hashes(stage, run)[0]
 
 
-def stage_hashes(stage: Stage, run: Path | None = None) -> list[str]:
+def stage_hashes(stage: Stage, run: Path | None = None, inputs: dict | None = None) -> list[str]:
     """The stage's hash, then its hash as an earlier version computed it (if it differs)."""
-    inputs = _hash_inputs(stage.inputs, run)
+    inputs = _hash_inputs(stage.inputs, run) if inputs is None else inputs
     configs = [stage.config] + ([stage.legacy_config] if stage.legacy_config is not None else [])
-    return [hashlib.sha256(json.dumps({"config": c, "inputs": inputs}, sort_keys=True).encode())
-            .hexdigest()[:20] for c in configs]
+    return [_digest(c, inputs) for c in configs]
+
+
+def _digest(config: dict, inputs: dict) -> str:
+    return hashlib.sha256(json.dumps({"config": config, "inputs": inputs}, sort_keys=True).encode()
+                          ).hexdigest()[:20]
+
+
+def _without_budget(value, inside: bool = False):
+    """The config with the budget keys of its `train` and `spec` sections left out."""
+    if not isinstance(value, dict):
+        return value
+    return {k: _without_budget(v, inside or k in ("train", "spec")) for k, v in value.items()
+            if not (inside and k in BUDGET_KEYS)}
+
+
+def _budget_raised(old: dict, new: dict) -> list[str] | None:
+    """The budget keys `new` raises over `old` ("max_steps 16000 -> 30000"), or None when
+    it lowers one (0 is no limit)."""
+    if set(old) != set(BUDGET_KEYS) or set(new) != set(BUDGET_KEYS):
+        return None
+    raised = []
+    for key in BUDGET_KEYS:
+        a, b = old[key], new[key]
+        if a == b:
+            continue
+        if not (b == 0 or (a != 0 and b > a)):
+            return None
+        whole = lambda v: int(v) if float(v).is_integer() else v  # noqa: E731 (30.0 -> 30)
+        raised.append(f"{key} {whole(a)} -> {whole(b) if b else 'no limit'}")
+    return raised
 
 
 def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
@@ -210,7 +250,8 @@ def _teacher_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
             name, "teacher", run / name, depends,
             _data_files(run, ("train", "valid")) + [run / "vocab" / "spm.model"],
             run=lambda tcfg=tcfg, name=name: train_model(tcfg, run, "teacher", name=name, resume=True, log=log),
-            resumable=True, products=_model_files(run / name)))
+            resumable=True, products=_model_files(run / name),
+            budget={k: getattr(tcfg.train, k) for k in BUDGET_KEYS}))
     if cfg.pipeline.kd_teacher == "ensemble":
         members = [run / n for n, _ in teacher_names(cfg)]
         stages.append(Stage(
@@ -285,7 +326,8 @@ def _student_stages(cfg: Config, c: dict, run: Path, log) -> list[Stage]:
                 run=lambda scfg=scfg, spec=spec, name=name, word=word: train_model(
                     scfg, run, spec.arch, name=name, kd=spec.kd, resume=True, log=log,
                     teacher_dir=teacher if word else None),
-                resumable=True, products=_model_files(run / name), legacy_config=legacy))
+                resumable=True, products=_model_files(run / name), legacy_config=legacy,
+                budget={k: getattr(scfg.student_train, k) for k in BUDGET_KEYS}))
     return stages
 
 
@@ -501,7 +543,13 @@ def _claim(run: Path, stage: Stage):
 def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
                log: Callable[[str], None]) -> bool:
     """Skip, adopt or run one stage (its lock held); True when it ran."""
-    fingerprint, *legacy = stage_hashes(stage, run)
+    inputs = _hash_inputs(stage.inputs, run)
+    fingerprint, *legacy = stage_hashes(stage, run, inputs)
+    # a training stage records its hash without the budget, and the budget, to tell a run
+    # given more steps (continued) from one whose config changed (started over)
+    record = {"hash": fingerprint}
+    if stage.budget is not None:
+        record.update(core=_digest(_without_budget(stage.config), inputs), budget=stage.budget)
     done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
     done = read_json(done_file) if done_file.is_file() else {}
     if stage.group not in force and done.get("hash") in (fingerprint, *legacy):
@@ -516,17 +564,38 @@ def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
         log(f"== {stage.name}: adopted the existing output (made outside the pipeline; "
             "taken as made with this config)")
         return False
-    stale = done_file.is_file() or (started_file.is_file()
-                                    and read_json(started_file).get("hash") not in (fingerprint, *legacy))
-    if (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():
+    started = read_json(started_file) if started_file.is_file() else {}
+    stale = done_file.is_file() or (started_file.is_file() and started.get("hash") not in (fingerprint, *legacy))
+    raised = _raised_budget(stage, done or started, record) if stale and stage.group not in force else None
+    if raised is not None and done and _stopped_early(stage) and not any(r.startswith("patience") for r in raised):
+        write_json(done_file, {**done, **record})
+        log(f"== {stage.name}: stopped early (patience) within its earlier budget, so a larger "
+            f"one ({'; '.join(raised)}) changes nothing; skipped")
+        return False
+    if raised is not None:
+        log(f"== {stage.name}: budget raised ({'; '.join(raised)}); continuing from its last checkpoint")
+    elif (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():
         log(f"== {stage.name}: config or inputs changed; starting it over")
         shutil.rmtree(stage.out_dir)
     done_file.unlink(missing_ok=True)
-    write_json(started_file, {"hash": fingerprint})
+    write_json(started_file, record)
     log(f"== {stage.name}")
     t0 = time.time()
     stage.run()
-    write_json(done_file, {"stage": stage.name, "hash": fingerprint,
-                           "seconds": round(time.time() - t0, 1),
+    write_json(done_file, {"stage": stage.name, **record, "seconds": round(time.time() - t0, 1),
                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return True
+
+
+def _raised_budget(stage: Stage, before: dict, now: dict) -> list[str] | None:
+    """What a training stage's budget raised since its run began (or finished), when that is
+    its only change and the run's checkpoints are there to continue from; else None."""
+    if not (stage.resumable and "core" in now and before.get("core") == now["core"]
+            and (stage.out_dir / "checkpoints").is_dir()):
+        return None
+    return _budget_raised(before.get("budget", {}), now["budget"])
+
+
+def _stopped_early(stage: Stage) -> bool:
+    meta = stage.out_dir / "model.json"
+    return meta.is_file() and read_json(meta).get("stopped_because") == "early_stop"

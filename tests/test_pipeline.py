@@ -104,6 +104,54 @@ def test_changed_teacher_config_restarts_training_instead_of_resuming(pipeline_t
     shutil.rmtree(run)
 
 
+def test_a_raised_budget_continues_the_run_and_any_other_change_starts_it_over(pipeline_tree, tmp_path):
+    run = tmp_path / "run"
+    tree = copy.deepcopy(pipeline_tree)
+    tree["train"].update(max_steps=6, max_minutes=30)
+    run_pipeline(config_from_dict(tree), run, until="teacher", log=quiet)
+    steps = lambda: json.loads((run / "teacher/model.json").read_text())["steps"]  # noqa: E731
+    # finished, then given more steps: it goes on from its last checkpoint (step 6)
+    tree["train"]["max_steps"] = 10
+    logs = []
+    assert run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append) == ["teacher"]
+    assert any("budget raised (max_steps 6 -> 10)" in m for m in logs)
+    assert any("resumed from" in m and "at step 6" in m for m in logs)
+    assert steps() == 10 and not any("starting it over" in m for m in logs)
+    assert run_pipeline(config_from_dict(tree), run, until="teacher", log=quiet) == []
+    # killed after a checkpoint (no done.json), then given more time and steps: continued too
+    (run / "teacher/done.json").unlink()
+    tree["train"].update(max_steps=12, max_minutes=60)
+    logs = []
+    run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append)
+    assert any("budget raised (max_steps 10 -> 12; max_minutes 30 -> 60)" in m for m in logs)
+    assert any("resumed from" in m and "at step 10" in m for m in logs) and steps() == 12
+    # no time limit (0) is more time than any
+    tree["train"].update(max_steps=13, max_minutes=0)
+    assert run_pipeline(config_from_dict(tree), run, until="teacher", log=quiet) == ["teacher"] and steps() == 13
+    # a run that stopped early (patience) before its budget: more steps change nothing
+    meta = json.loads((run / "teacher/model.json").read_text())
+    (run / "teacher/model.json").write_text(json.dumps({**meta, "stopped_because": "early_stop"}))
+    tree["train"]["max_steps"] = 20
+    logs = []
+    assert run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append) == []
+    assert any("changes nothing" in m for m in logs) and steps() == 13
+    # a lower budget cannot be had by continuing; nor can a budget change beside another one
+    for change, want in ((dict(max_steps=4), 4), (dict(max_steps=8, learning_rate=5e-4), 8)):
+        tree["train"].update(change)
+        logs = []
+        run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append)
+        assert any("starting it over" in m for m in logs) and steps() == want, change
+        assert not any("resumed from" in m for m in logs)
+    # a student's own step budget is a budget too
+    tree["pipeline"]["students"] = [{"name": "cnn_none", "arch": "student_cnn", "kd": "none", "max_steps": 3}]
+    run_pipeline(config_from_dict(tree), run, until="students", log=quiet)
+    tree["pipeline"]["students"][0]["max_steps"] = 5
+    logs = []
+    assert run_pipeline(config_from_dict(tree), run, until="students", log=logs.append) == ["student cnn_none"]
+    assert any("budget raised (max_steps 3 -> 5)" in m for m in logs)
+    assert json.loads((run / "cnn_none/model.json").read_text())["steps"] == 5
+
+
 def test_student_seeds_make_one_stage_per_seed_with_its_own_seed(pipeline_tree, tmp_path):
     from nmt_kd.errors import ConfigError
     from nmt_kd.pipeline import build_stages, stage_hash
