@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -74,18 +75,16 @@ PLAN = [
 STEP_ANCHOR = 20
 ANCHORS = {
     "header": lambda stage: lambda line: line == f"== {stage}",
-    # a step line at or after STEP_ANCHOR: both runs checkpoint at least every 10 steps (and
-    # save before they log further), so a kill after it always finds a checkpoint to resume
-    # from, however the machine's load stretches the timings
-    "step": lambda stage: lambda line: bool((m := STEP_LINE.match(line)) and int(m.group(1)) >= STEP_ANCHOR),
     "shard": lambda stage: lambda line: line.startswith("distill: shard 0 ("),
 }
 # A kill lands at a fraction of the time the reference run spent between the anchor and the
-# end of the stage. After a step anchor little of a tiny student's stage is left (about a
-# second), and a re-run that outpaces the reference would finish it first and the kill land in
-# the next stage (seen once in CI at fraction 0.86): at most 0.4 there, which a re-run would
-# have to be 2.5x faster than the reference to miss.
-FRACTIONS = {"header": (0.02, 0.85), "step": (0.05, 0.4), "shard": (0.1, 0.85)}
+# end of the stage. A step point is placed by progress instead: it waits for a step line drawn
+# from the reference's (from STEP_ANCHOR to two log intervals before the last one) and lands a
+# fraction (<= 0.5) of one log interval after it. Timed from the step anchor alone, a re-run
+# that outpaced the reference finished a tiny student's stage first and the kill landed in
+# the next stage (seen in CI at fraction 0.86, and at 0.4 beside a training job); now a re-run
+# would have to run a log interval 4x faster than the reference to miss.
+FRACTIONS = {"header": (0.02, 0.85), "step": (0.05, 0.5), "shard": (0.1, 0.85)}
 TIMEOUT = 900  # seconds for one command; a tiny pipeline takes about a minute
 
 
@@ -297,6 +296,11 @@ def plan_points(lines: list[tuple[float, str]]) -> list[dict]:
     points = []
     for target, anchor, count in PLAN:
         k = start[target]
+        if anchor == "step":
+            for _ in range(count):
+                points.append({"index": len(points) + 1, "target": target, "anchor": anchor,
+                               **_step_point(lines, k, ends[target], rng)})
+            continue
         if anchor != "header":
             k = next(j for j in range(k + 1, len(lines)) if ANCHORS[anchor](target)(lines[j][1]))
         window = ends[target] - lines[k][0]
@@ -305,6 +309,27 @@ def plan_points(lines: list[tuple[float, str]]) -> list[dict]:
             points.append({"index": len(points) + 1, "target": target, "anchor": anchor,
                            "fraction": fraction, "delay_s": round(fraction * window, 3)})
     return points
+
+
+def _step_point(lines: list[tuple[float, str]], k: int, end: float, rng: random.Random) -> dict:
+    """A step point's step line (`at_step`) and its delay after it, from the reference's step
+    lines of the stage whose header is line k (see FRACTIONS)."""
+    steps = [(t, int(m.group(1))) for t, line in lines[k + 1:] if t <= end and (m := STEP_LINE.match(line))]
+    every = steps[1][1] - steps[0][1]
+    gap = statistics.median(b[0] - a[0] for a, b in zip(steps, steps[1:], strict=False))
+    eligible = [step for _, step in steps if STEP_ANCHOR <= step <= steps[-1][1] - 2 * every]
+    assert eligible, f"the reference logged no step line from {STEP_ANCHOR} on: {steps}"
+    fraction = round(rng.uniform(*FRACTIONS["step"]), 3)
+    return {"at_step": rng.choice(eligible), "fraction": fraction, "delay_s": round(fraction * gap, 3)}
+
+
+def anchor_of(point: dict):
+    """The line a point's delay counts from. A step point's is a step line at or after
+    STEP_ANCHOR: both runs checkpoint at least every 10 steps (and save before they log
+    further), so a kill after it always finds a checkpoint to resume from."""
+    if point["anchor"] == "step":
+        return lambda line: bool((m := STEP_LINE.match(line)) and int(m.group(1)) >= point["at_step"])
+    return ANCHORS[point["anchor"]](point["target"])
 
 
 @pytest.mark.faults
@@ -317,7 +342,7 @@ def test_sigkill_anywhere_then_rerun_completes_and_resumes(reference, tmp_path):
         pdir = base / f"p{point['index']:02d}"
         shutil.copytree(reference["snapshots"] / point["target"], pdir)
         try:
-            state, rerun = kill_and_rerun(point, cmd, pdir, ANCHORS[point["anchor"]](point["target"]))
+            state, rerun = kill_and_rerun(point, cmd, pdir, anchor_of(point))
             evaluate_point(point, pdir, state, rerun, checker, reference["run"])
         except Exception as e:  # recorded with the point; the summary is still written
             point.update(outcome="failed", problems=[f"{type(e).__name__}: {e}"])
