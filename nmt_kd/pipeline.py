@@ -107,21 +107,24 @@ def _without_budget(value, inside: bool = False):
             if not (inside and k in BUDGET_KEYS)}
 
 
-def _budget_raised(old: dict, new: dict) -> list[str] | None:
-    """The budget keys `new` raises over `old` ("max_steps 16000 -> 30000"), or None when
-    it lowers one (0 is no limit)."""
-    if set(old) != set(BUDGET_KEYS) or set(new) != set(BUDGET_KEYS):
+def _raised_budget(stage: Stage, before: dict, now: dict) -> dict[str, tuple] | None:
+    """{key: (old, new)} of the budget keys a training stage's config raised since its run
+    began (or finished), when that is its only change and the run's checkpoints are there to
+    continue from; else None (0 is no limit, the largest value)."""
+    old, new = before.get("budget", {}), now.get("budget", {})
+    if not (stage.resumable and "core" in now and before.get("core") == now["core"]
+            and set(old) == set(new) == set(BUDGET_KEYS) and (stage.out_dir / "checkpoints").is_dir()):
         return None
-    raised = []
-    for key in BUDGET_KEYS:
-        a, b = old[key], new[key]
-        if a == b:
-            continue
-        if not (b == 0 or (a != 0 and b > a)):
-            return None
-        whole = lambda v: int(v) if float(v).is_integer() else v  # noqa: E731 (30.0 -> 30)
-        raised.append(f"{key} {whole(a)} -> {whole(b) if b else 'no limit'}")
+    raised = {k: (old[k], new[k]) for k in BUDGET_KEYS if old[k] != new[k]}
+    if any(not (b == 0 or (a != 0 and b > a)) for a, b in raised.values()):
+        return None
     return raised
+
+
+def _describe_budget(raised: dict[str, tuple]) -> str:
+    """The raised keys as the log gives them: max_steps 16000 -> 30000; max_minutes 30 -> no limit."""
+    whole = lambda v: int(v) if float(v).is_integer() else v  # noqa: E731 (30.0 -> 30)
+    return "; ".join(f"{k} {whole(a)} -> {whole(b) if b else 'no limit'}" for k, (a, b) in raised.items())
 
 
 def _data_files(run: Path, splits=("train", "valid", "test")) -> list[Path]:
@@ -567,13 +570,13 @@ def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
     started = read_json(started_file) if started_file.is_file() else {}
     stale = done_file.is_file() or (started_file.is_file() and started.get("hash") not in (fingerprint, *legacy))
     raised = _raised_budget(stage, done or started, record) if stale and stage.group not in force else None
-    if raised is not None and done and _stopped_early(stage) and not any(r.startswith("patience") for r in raised):
+    if raised is not None and done and _stopped_early(stage) and "patience" not in raised:
         write_json(done_file, {**done, **record})
         log(f"== {stage.name}: stopped early (patience) within its earlier budget, so a larger "
-            f"one ({'; '.join(raised)}) changes nothing; skipped")
+            f"one ({_describe_budget(raised)}) changes nothing; skipped")
         return False
     if raised is not None:
-        log(f"== {stage.name}: budget raised ({'; '.join(raised)}); continuing from its last checkpoint")
+        log(f"== {stage.name}: budget raised ({_describe_budget(raised)}); continuing from its last checkpoint")
     elif (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():
         log(f"== {stage.name}: config or inputs changed; starting it over")
         shutil.rmtree(stage.out_dir)
@@ -585,15 +588,6 @@ def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
     write_json(done_file, {"stage": stage.name, **record, "seconds": round(time.time() - t0, 1),
                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return True
-
-
-def _raised_budget(stage: Stage, before: dict, now: dict) -> list[str] | None:
-    """What a training stage's budget raised since its run began (or finished), when that is
-    its only change and the run's checkpoints are there to continue from; else None."""
-    if not (stage.resumable and "core" in now and before.get("core") == now["core"]
-            and (stage.out_dir / "checkpoints").is_dir()):
-        return None
-    return _budget_raised(before.get("budget", {}), now["budget"])
 
 
 def _stopped_early(stage: Stage) -> bool:
