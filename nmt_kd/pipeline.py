@@ -570,13 +570,21 @@ def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
     started = read_json(started_file) if started_file.is_file() else {}
     stale = done_file.is_file() or (started_file.is_file() and started.get("hash") not in (fingerprint, *legacy))
     raised = _raised_budget(stage, done or started, record) if stale and stage.group not in force else None
+    if raised == {} and done:  # the same config and budget, recorded under another hash
+        write_json(done_file, {**done, **record})
+        log(f"== {stage.name}: unchanged since {done.get('finished')} (recorded under an "
+            "earlier hash), skipped")
+        return False
     if raised is not None and done and _stopped_early(stage) and "patience" not in raised:
         write_json(done_file, {**done, **record})
         log(f"== {stage.name}: stopped early (patience) within its earlier budget, so a larger "
             f"one ({_describe_budget(raised)}) changes nothing; skipped")
         return False
-    if raised is not None:
+    if raised:
         log(f"== {stage.name}: budget raised ({_describe_budget(raised)}); continuing from its last checkpoint")
+    elif raised is not None:
+        log(f"== {stage.name}: config and budget unchanged (recorded under an earlier hash); "
+            "continuing from its last checkpoint")
     elif (stale or stage.group in force) and stage.resumable and stage.out_dir.exists():
         log(f"== {stage.name}: config or inputs changed; starting it over")
         shutil.rmtree(stage.out_dir)

@@ -118,6 +118,21 @@ def test_a_raised_budget_continues_the_run_and_any_other_change_starts_it_over(p
     assert any("resumed from" in m and "at step 6" in m for m in logs)
     assert steps() == 10 and not any("starting it over" in m for m in logs)
     assert run_pipeline(config_from_dict(tree), run, until="teacher", log=quiet) == []
+    # the same config and budget recorded under another hash (an earlier version's): done is
+    # done, and a killed run continues, neither logged as a budget change
+    done = json.loads((run / "teacher/done.json").read_text())
+    (run / "teacher/done.json").write_text(json.dumps({**done, "hash": "0" * 20}))
+    logs = []
+    assert run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append) == []
+    assert any("unchanged since" in m for m in logs) and not any("budget raised" in m for m in logs)
+    assert json.loads((run / "teacher/done.json").read_text())["hash"] == done["hash"]
+    (run / "teacher/done.json").unlink()
+    started = json.loads((run / "teacher/started.json").read_text())
+    (run / "teacher/started.json").write_text(json.dumps({**started, "hash": "0" * 20}))
+    logs = []
+    assert run_pipeline(config_from_dict(tree), run, until="teacher", log=logs.append) == ["teacher"]
+    assert any("config and budget unchanged" in m for m in logs) and steps() == 10
+    assert not any("budget raised" in m or "starting it over" in m for m in logs)
     # killed after a checkpoint (no done.json), then given more time and steps: continued too
     (run / "teacher/done.json").unlink()
     tree["train"].update(max_steps=12, max_minutes=60)
