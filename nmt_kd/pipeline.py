@@ -555,9 +555,13 @@ def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
         record.update(core=_digest(_without_budget(stage.config), inputs), budget=stage.budget)
     done_file, started_file = stage.out_dir / "done.json", stage.out_dir / "started.json"
     done = read_json(done_file) if done_file.is_file() else {}
-    if stage.group not in force and done.get("hash") in (fingerprint, *legacy):
-        if done["hash"] != fingerprint:  # hashed by an earlier version: same config, new hash
-            write_json(done_file, {**done, "hash": fingerprint})
+    # unchanged: the same hash (or an earlier version's), or the same config and budget
+    # recorded under another hash
+    same = done.get("hash") in (fingerprint, *legacy) or (
+        "core" in record and (done.get("core"), done.get("budget")) == (record["core"], record["budget"]))
+    if stage.group not in force and same:
+        if done["hash"] != fingerprint:
+            write_json(done_file, {**done, **record})
         log(f"== {stage.name}: unchanged since {done.get('finished')}, skipped")
         return False
     if (adopt and stage.products and not done_file.is_file() and not started_file.is_file()
@@ -570,11 +574,6 @@ def _run_stage(stage: Stage, run: Path, force: tuple[str, ...], adopt: bool,
     started = read_json(started_file) if started_file.is_file() else {}
     stale = done_file.is_file() or (started_file.is_file() and started.get("hash") not in (fingerprint, *legacy))
     raised = _raised_budget(stage, done or started, record) if stale and stage.group not in force else None
-    if raised == {} and done:  # the same config and budget, recorded under another hash
-        write_json(done_file, {**done, **record})
-        log(f"== {stage.name}: unchanged since {done.get('finished')} (recorded under an "
-            "earlier hash), skipped")
-        return False
     if raised is not None and done and _stopped_early(stage) and "patience" not in raised:
         write_json(done_file, {**done, **record})
         log(f"== {stage.name}: stopped early (patience) within its earlier budget, so a larger "
